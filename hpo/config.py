@@ -1,0 +1,274 @@
+"""The study file: read once, validated once, into a frozen :class:`StudySpec`.
+
+This is the only module that reads YAML. Every error is a :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from optuna.exceptions import ExperimentalWarning
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from hpo.data.formats import FORMATS
+from hpo.errors import ConfigError
+from hpo.space import SearchSpace, parse_search
+from hpo.strategy import PRUNERS, SAMPLERS, max_report_steps
+
+STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+NORMALIZATIONS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Named(BaseModel):
+    """A registry entry by ``type``, with its arguments as the other keys."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str
+
+    @field_validator("type")
+    @classmethod
+    def _underscores(cls, value: str) -> str:
+        return value.replace("-", "_")
+
+    @property
+    def args(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class SamplerSpec(_Named):
+    type: str = "tpe"
+    seed: int | None = None
+
+
+class PrunerSpec(_Named):
+    type: str = "median"
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from a number or text like "90", "45s", "30m", "8h", "1h30m", "2d"."""
+    if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
+        return None if value is None else float(value)
+    text = str(value).strip().lower()
+    parts = re.fullmatch(
+        r"(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", text
+    )
+    if not text or not parts or not any(parts.groups()):
+        raise ValueError(f"cannot read duration {value!r}; write e.g. 90, 45s, 30m, 8h or 1h30m")
+    days, hours, minutes, seconds = (float(g or 0) for g in parts.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+class BudgetSpec(_Model):
+    n_trials: int = Field(20, ge=1)
+    timeout: float | None = Field(None, gt=0, description="seconds of one `hpo run`")
+    max_epochs: int = Field(10, ge=1, description="epochs per fold at most")
+    patience: int | None = Field(3, ge=1, description="early stopping within a fold")
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float | None:
+        return parse_duration(value)
+
+
+class DataSpec(BaseModel):
+    """``format`` plus the format's own options (root, file, columns...) as further keys."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    format: str
+    image_size: int = Field(224, ge=8, le=4096)
+    normalization: str | dict[str, list[float]] = "imagenet"
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def _stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        if isinstance(self.normalization, str):
+            return NORMALIZATIONS[self.normalization]
+        return tuple(self.normalization["mean"]), tuple(self.normalization["std"])
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return self._stats()[0]  # type: ignore[return-value]
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return self._stats()[1]  # type: ignore[return-value]
+
+    @model_validator(mode="after")
+    def _check(self) -> DataSpec:
+        if isinstance(self.normalization, str) and self.normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization {self.normalization!r} unknown; use {', '.join(NORMALIZATIONS)} or {{mean: [r, g, b], std: [r, g, b]}}"
+            )
+        if isinstance(self.normalization, dict):
+            mean, std = self.normalization.get("mean"), self.normalization.get("std")
+            if set(self.normalization) != {"mean", "std"} or len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+                raise ValueError("normalization needs mean: [r, g, b] and std: [r, g, b] with std > 0")
+        FORMATS.get(self.format, "data.format")
+        known = FORMATS.arguments(self.format)
+        unknown = set(self.options) - set(known)
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {sorted(unknown)} for format {self.format!r}; known: {', '.join(known) or 'none'}"
+            )
+        return self
+
+
+class CVSpec(_Model):
+    folds: int = Field(5, ge=2, le=50)
+    seed: int = 0
+
+
+class StudySpec(_Model):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    direction: Literal["maximize"] = "maximize"
+    metric: Literal["macro_f1"] = "macro_f1"
+    seed: int = 0
+    sampler: SamplerSpec = SamplerSpec()
+    pruner: PrunerSpec = PrunerSpec()
+    budget: BudgetSpec = BudgetSpec()
+    data: DataSpec
+    cv: CVSpec = CVSpec()
+    search: SearchSpace
+    output_dir: Path | None = None
+    _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The study file as written (with overrides applied): stored with the study."""
+        return self._raw
+
+    @field_validator("search", mode="before")
+    @classmethod
+    def _search(cls, value: Any) -> SearchSpace:
+        if isinstance(value, SearchSpace):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError("search: expected a mapping of parameters")
+        return parse_search(value)
+
+    @model_validator(mode="after")
+    def _strategies(self) -> StudySpec:
+        SAMPLERS.get(self.sampler.type, "sampler.type")
+        PRUNERS.get(self.pruner.type, "pruner.type")
+        self.build_sampler()
+        self.build_pruner()
+        return self
+
+    @property
+    def outputs(self) -> Path:
+        return self.output_dir or Path("runs") / self.name
+
+    @property
+    def max_report_steps(self) -> int:
+        return max_report_steps(self.pruner.type, self.cv.folds, self.budget.max_epochs)
+
+    def build_sampler(self):
+        seed = self.seed if self.sampler.seed is None else self.sampler.seed
+        return _construct("sampler", SAMPLERS.get(self.sampler.type), seed, self.sampler.args)
+
+    def build_pruner(self):
+        return _construct("pruner", PRUNERS.get(self.pruner.type), self.max_report_steps, self.pruner.args)
+
+
+def _construct(key: str, factory: Any, first: Any, args: dict[str, Any]) -> Any:
+    try:
+        with warnings.catch_warnings():
+            # TPE's group=True and QMC are marked experimental; we chose them knowingly.
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return factory(first, **args)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{key}: invalid arguments {args} ({e}); see Optuna's docs for this {key}") from e
+
+
+def find_study_file(study: str | Path) -> Path:
+    """A path, or a name in ./studies/ or the studies/ folder shipped beside the package."""
+    path = Path(study).expanduser()
+    if path.is_file():
+        return path
+    for folder in (Path("studies"), STUDIES_DIR):
+        candidate = folder / f"{study}.yaml"
+        if candidate.is_file():
+            return candidate
+    names = sorted({p.stem for d in (Path("studies"), STUDIES_DIR) if d.is_dir() for p in d.glob("*.yaml")})
+    raise ConfigError(
+        f"study {str(study)!r} not found: give a path to a YAML file or one of: {', '.join(names) or '(none)'}"
+    )
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """``a.b.c=value``: the value is read as YAML (numbers, booleans, lists)."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment!r}: expected key.path=value, e.g. --set cv.folds=3")
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {assignment!r}: {part!r} is not a section of the study file")
+        node = child
+    try:
+        node[leaf] = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {assignment!r}: value is not valid YAML ({e.problem})") from e
+
+
+def parse_spec(raw: Any, source: str = "study file") -> StudySpec:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level (name:, data:, search: ...)")
+    try:
+        spec = StudySpec.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        location = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        message = first["msg"].removeprefix("Value error, ")
+        cause = first.get("ctx", {}).get("error")
+        if isinstance(cause, ConfigError):  # already names its key
+            location, message = "", str(cause)
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        prefix = f"{location}: " if location else ""
+        raise ConfigError(f"{source}: {prefix}{message}{more}") from None
+    spec._raw = copy.deepcopy(raw)
+    return spec
+
+
+def load_spec(study: str | Path, overrides: Sequence[str] = ()) -> StudySpec:
+    """Find, read, override and validate a study file."""
+    path = find_study_file(study)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(
+            f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)}); fix the syntax"
+        ) from e
+    if isinstance(raw, dict):
+        for assignment in overrides:
+            apply_override(raw, assignment)
+    return parse_spec(raw, str(path))

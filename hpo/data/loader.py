@@ -1,0 +1,64 @@
+"""Batches for training and evaluation from decoded uint8 images."""
+
+from __future__ import annotations
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class AugmentedImages(Dataset):
+    """The ``indices`` of uint8 HWC images, augmented per sample (normalised later, on the device).
+
+    Indexing into the shared array avoids a copy of the training side for every fold.
+    """
+
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, pipeline: A.Compose | None
+    ) -> None:
+        self.images, self.labels, self.indices, self.pipeline = images, labels, indices, pipeline
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        index = self.indices[i]
+        image = self.images[index]
+        if self.pipeline is not None:
+            image = self.pipeline(image=image)["image"]
+        return torch.from_numpy(np.ascontiguousarray(image)), int(self.labels[index])
+
+
+def train_loader(
+    images: np.ndarray,
+    labels: np.ndarray,
+    indices: np.ndarray,
+    pipeline: A.Compose | None,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    on_gpu = device.type == "cuda"
+    workers = min(8, (torch.multiprocessing.cpu_count() or 1)) if on_gpu and pipeline else 0
+    return DataLoader(
+        AugmentedImages(images, labels, indices, pipeline),
+        batch_size=batch_size,
+        shuffle=True,
+        # A last batch of one sample breaks BatchNorm; drop the remainder when there is more.
+        drop_last=len(indices) > batch_size,
+        generator=generator,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=on_gpu,
+    )
+
+
+def to_input(
+    images: torch.Tensor, device: torch.device, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
+    """uint8 NHWC on the host -> normalised float NCHW on the device (channels_last on CUDA)."""
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+    x = x.sub_(mean).div_(std)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x.contiguous()

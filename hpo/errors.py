@@ -1,0 +1,27 @@
+"""The exceptions hpo raises on purpose.
+
+Every :class:`HpoError` is a problem with the user's input or environment; its message names the
+problem and the fix in one line. The CLI turns it into that line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+
+class HpoError(Exception):
+    """Base class: a user-fixable problem, reported as one line."""
+
+
+class ConfigError(HpoError, ValueError):
+    """The study file or an override is invalid."""
+
+
+class DataError(HpoError):
+    """The data is missing, unreadable, or differs from what the study was created with."""
+
+
+class StorageError(HpoError):
+    """The storage cannot be reached or does not hold what was expected."""
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite; the trial is pruned with this reason, not crashed."""

@@ -1,0 +1,112 @@
+"""The Optuna objective: one trial = the trial's config trained on every fold.
+
+Reporting (see :mod:`hpo.strategy`): every epoch's validation macro F1 goes to the pruner at step
+``fold * max_epochs + epoch`` (the Wilcoxon pruner instead gets each fold's best F1 at step
+``fold``), so a bad trial can be stopped already in its first fold. The trial's value is the mean
+over folds of each fold's best macro F1.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+import torch
+
+from hpo.config import StudySpec
+from hpo.data.folds import iter_folds
+from hpo.data.table import ImageTable, decoded
+from hpo.errors import TrainingDiverged
+from hpo.space import trial_config
+from hpo.strategy import report_step, reports_per_fold
+from hpo.train.loop import EpochResult, FoldData, FoldResult, fit_fold
+
+
+@dataclass(frozen=True)
+class EpochEvent:
+    """What the progress display hears after each epoch."""
+
+    trial: int
+    result: EpochResult
+    folds: int
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Objective:
+    def __init__(
+        self,
+        spec: StudySpec,
+        table: ImageTable,
+        plan: np.ndarray,
+        device: torch.device | None = None,
+        on_epoch: Callable[[EpochEvent], None] | None = None,
+    ) -> None:
+        self.spec, self.table, self.plan = spec, table, plan
+        self.device = device or pick_device()
+        self.on_epoch = on_epoch
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        cfg = trial_config(trial, self.spec)
+        started = time.perf_counter()
+        trial.set_user_attr(
+            "device",
+            str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device),
+        )
+        images = decoded(self.table, cfg.image_size)
+        folds: list[FoldResult] = []
+        per_fold = reports_per_fold(self.spec.pruner.type)
+        try:
+            for fold, train_idx, val_idx in iter_folds(self.plan):
+                data = FoldData(images, self.table.labels, train_idx, val_idx, self.table.num_classes)
+                callback = None if per_fold else self._reporter(trial, cfg.max_epochs)
+                folds.append(fit_fold(cfg, data, self.device, fold, callback))
+                if per_fold:
+                    trial.report(folds[-1].best_f1, fold)
+                    self._prune_if_asked(trial, f"after fold {fold} (F1 {folds[-1].best_f1:.4f})")
+        except TrainingDiverged as e:
+            trial.set_user_attr("prune_reason", f"diverged: {e}")
+            raise optuna.TrialPruned(f"diverged: {e}") from e
+        finally:
+            self._record(trial, folds, time.perf_counter() - started)
+        return float(np.mean([f.best_f1 for f in folds]))
+
+    def _reporter(self, trial: optuna.Trial, max_epochs: int) -> Callable[[EpochResult], None]:
+        def report(result: EpochResult) -> None:
+            if self.on_epoch is not None:
+                self.on_epoch(EpochEvent(trial.number, result, self.spec.cv.folds))
+            step = report_step(self.spec.pruner.type, result.fold, result.epoch, max_epochs)
+            trial.report(result.macro_f1, step)
+            self._prune_if_asked(
+                trial, f"at step {step} (fold {result.fold} epoch {result.epoch}, F1 {result.macro_f1:.4f})"
+            )
+
+        return report
+
+    def _prune_if_asked(self, trial: optuna.Trial, where: str) -> None:
+        if trial.should_prune():
+            reason = f"{self.spec.pruner.type} pruner {where}"
+            trial.set_user_attr("prune_reason", reason)
+            raise optuna.TrialPruned(reason)
+
+    @staticmethod
+    def _record(trial: optuna.Trial, folds: list[FoldResult], seconds: float) -> None:
+        """User attributes for review: kept for pruned trials too (for the folds they finished)."""
+        trial.set_user_attr("wall_seconds", round(seconds, 2))
+        if not folds:
+            return
+        f1 = [f.best_f1 for f in folds]
+        trial.set_user_attr("fold_f1", [round(v, 5) for v in f1])
+        trial.set_user_attr("f1_std", round(float(np.std(f1)), 5))
+        trial.set_user_attr("best_epochs", [f.best_epoch for f in folds])
+        trial.set_user_attr(
+            "per_class_f1", np.mean([f.per_class_f1 for f in folds], axis=0).round(4).tolist()
+        )
+        trial.set_user_attr(
+            "images_per_second", round(float(np.mean([f.images_per_second for f in folds])), 1)
+        )

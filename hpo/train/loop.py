@@ -1,0 +1,231 @@
+"""Training of one fold: the epoch loop, evaluation and early stopping. Knows nothing of Optuna:
+per-epoch results go to a callback, which may raise to stop the run (the pruner does)."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+from torch import nn
+
+from hpo.data.augment import build_pipeline
+from hpo.data.loader import to_input, train_loader
+from hpo.errors import TrainingDiverged
+from hpo.train.config import TrainConfig
+from hpo.train.losses import build_loss
+from hpo.train.models import build_freeze, create_model, to_device
+from hpo.train.optim import build_optimizer, build_schedule, current_lr
+
+
+@dataclass(frozen=True)
+class FoldData:
+    """Decoded uint8 NHWC images and labels of the whole set, and one fold's two sides."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    num_classes: int
+
+    @property
+    def val_labels(self) -> np.ndarray:
+        return self.labels[self.val_idx]
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    fold: int
+    epoch: int
+    train_loss: float
+    val_loss: float
+    macro_f1: float
+    accuracy: float
+    lr: float
+    images_per_second: float
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    best_f1: float = -1.0
+    best_epoch: int = -1
+    best_accuracy: float = 0.0
+    per_class_f1: list[float] = field(default_factory=list)
+    history: list[EpochResult] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return float(np.mean([e.images_per_second for e in self.history])) if self.history else 0.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast_for(
+    device: torch.device,
+) -> tuple[Callable[[], contextlib.AbstractContextManager], torch.amp.GradScaler | None]:
+    """Mixed precision on CUDA (bf16 where supported, else fp16 with a scaler); fp32 on CPU."""
+    if device.type != "cuda":
+        return contextlib.nullcontext, None
+    if torch.cuda.is_bf16_supported():
+        return partial(torch.autocast, "cuda", dtype=torch.bfloat16), None
+    return partial(torch.autocast, "cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+
+
+class Mixer:
+    """Batch-level mixup / cutmix: mixup with probability p_mixup, else cutmix with p_cutmix."""
+
+    def __init__(self, p_mixup: float, p_cutmix: float, seed: int) -> None:
+        self.p_mixup, self.p_cutmix = p_mixup, p_cutmix
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        draw = self.rng.random()
+        if draw < self.p_mixup:
+            lam = float(self.rng.beta(0.4, 0.4))
+            perm = torch.randperm(len(x), device=x.device)
+            return lam * x + (1 - lam) * x[perm], y[perm], lam
+        if self.rng.random() < self.p_cutmix:
+            lam = float(self.rng.beta(1.0, 1.0))
+            h, w = x.shape[2:]
+            cut_h, cut_w = int(h * np.sqrt(1 - lam)), int(w * np.sqrt(1 - lam))
+            cy, cx = self.rng.integers(h), self.rng.integers(w)
+            y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+            x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+            perm = torch.randperm(len(x), device=x.device)
+            x = x.clone()
+            x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
+            return x, y[perm], 1 - (y1 - y0) * (x1 - x0) / (h * w)
+        return x, y, 1.0
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    images: np.ndarray,
+    indices: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    autocast: Callable = contextlib.nullcontext,
+) -> torch.Tensor:
+    model.eval()
+    outputs = []
+    for start in range(0, len(indices), batch_size):
+        batch = torch.from_numpy(images[indices[start : start + batch_size]])
+        with autocast():
+            outputs.append(model(to_input(batch, device, mean, std)).float())
+    return torch.cat(outputs)
+
+
+def fit_fold(
+    cfg: TrainConfig,
+    data: FoldData,
+    device: torch.device,
+    fold: int = 0,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+    keep_best_state: bool = False,
+) -> FoldResult:
+    """Train one fold for up to ``cfg.max_epochs`` epochs, keeping the best epoch by macro F1.
+
+    Raises TrainingDiverged when the training loss is not finite.
+    """
+    seed = cfg.seed + fold
+    seed_everything(seed)
+    model = to_device(create_model(cfg.backbone, cfg.pretrained, data.num_classes), device)
+    freeze = build_freeze(cfg.freeze.name, cfg.freeze.args)
+    optimizer = build_optimizer(cfg.optimizer.name, cfg.optimizer.args, model, cfg.lr, cfg.weight_decay)
+    loader = train_loader(
+        data.images,
+        data.labels,
+        data.train_idx,
+        build_pipeline(cfg.augment, cfg.image_size),
+        cfg.batch_size,
+        seed,
+        device,
+    )
+    schedule = build_schedule(cfg.scheduler.name, cfg.scheduler.args, optimizer, len(loader), cfg.max_epochs)
+    counts = np.bincount(data.labels[data.train_idx], minlength=data.num_classes)
+    criterion = build_loss(cfg.loss.name, cfg.loss.args, cfg.class_weights, counts, device)
+    autocast, scaler = autocast_for(device)
+    mixer = Mixer(cfg.mixup, cfg.cutmix, seed)
+    mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
+    val_labels = data.val_labels
+    val_targets = torch.as_tensor(val_labels, device=device)
+
+    result = FoldResult(fold)
+    stale_epochs = 0
+    for epoch in range(cfg.max_epochs):
+        model.train()
+        freeze.apply(model, epoch)
+        loss_sum = torch.zeros((), device=device)
+        seen, started = 0, time.perf_counter()
+        for images, labels in loader:
+            x = to_input(images, device, mean, std)
+            y = labels.to(device, non_blocking=True)
+            x, y_mixed, lam = mixer(x, y)
+            with autocast():
+                logits = model(x)
+                loss = (
+                    criterion(logits, y)
+                    if lam == 1.0
+                    else (lam * criterion(logits, y) + (1 - lam) * criterion(logits, y_mixed))
+                )
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            schedule.after_batch()
+            loss_sum += loss.detach() * len(y)
+            seen += len(y)
+        train_loss = float(loss_sum) / max(seen, 1)  # one host sync per epoch
+        throughput = seen / (time.perf_counter() - started)
+        if not np.isfinite(train_loss):
+            raise TrainingDiverged(f"training loss became {train_loss} in fold {fold} epoch {epoch}")
+
+        logits = predict_logits(
+            model, data.images, data.val_idx, max(256, 2 * cfg.batch_size), device, mean, std, autocast
+        )
+        val_loss = float(nn.functional.cross_entropy(logits, val_targets))
+        predicted = logits.argmax(1).cpu().numpy()
+        labels_all = list(range(data.num_classes))
+        macro_f1 = float(f1_score(val_labels, predicted, average="macro", labels=labels_all, zero_division=0))
+        accuracy = float(accuracy_score(val_labels, predicted))
+        epoch_result = EpochResult(
+            fold, epoch, train_loss, val_loss, macro_f1, accuracy, current_lr(optimizer), throughput
+        )
+        result.history.append(epoch_result)
+
+        if macro_f1 > result.best_f1:
+            result.best_f1, result.best_epoch, result.best_accuracy = macro_f1, epoch, accuracy
+            result.per_class_f1 = f1_score(
+                val_labels, predicted, average=None, labels=labels_all, zero_division=0
+            ).tolist()
+            if keep_best_state:
+                result.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            stale_epochs = 0
+        else:
+            stale_epochs += 1
+        if on_epoch is not None:
+            on_epoch(epoch_result)  # may raise to stop the run (pruning)
+        if cfg.patience is not None and stale_epochs >= cfg.patience:
+            break
+        schedule.after_epoch(macro_f1)
+    return result

@@ -1,0 +1,95 @@
+"""Backbones from timm's registry, and freezing strategies (one registry entry each)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from hpo.errors import ConfigError
+from hpo.registry import Registry
+
+FREEZE: Registry = Registry("freeze strategy")
+
+
+def check_backbone(name: str, key: str = "search.backbone") -> None:
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise ConfigError(
+            f"{key}: unknown timm backbone {name!r}{hint}; see timm.list_models() for the names"
+        )
+
+
+def create_model(backbone: str, pretrained: bool | str, num_classes: int) -> nn.Module:
+    """A timm model with a ``num_classes`` head; pretrained from the timm/HF cache or a file.
+
+    Raises ConfigError when pretrained weights are asked for but cannot be found offline.
+    """
+    kwargs: dict = {"num_classes": num_classes}
+    if isinstance(pretrained, str):
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"pretrained weights file {path} does not exist; give an existing .pth/.safetensors"
+                " file or set search.pretrained: false"
+            )
+        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+    try:
+        return timm.create_model(backbone, pretrained=bool(pretrained), **kwargs)
+    except (OSError, RuntimeError, ValueError) as e:
+        if not pretrained:
+            raise
+        raise ConfigError(
+            f"pretrained weights for {backbone!r} are not available offline ({type(e).__name__});"
+            " download them into the HF cache (HF_HOME) beforehand, set search.pretrained to a"
+            " local weights file, or use pretrained: false"
+        ) from e
+
+
+class FreezeStrategy:
+    """Which parameters train at a given epoch; frozen BatchNorm layers also stop updating stats."""
+
+    def __init__(self, frozen_until: int) -> None:
+        self.frozen_until = frozen_until  # epochs with the backbone frozen (0: never frozen)
+
+    def apply(self, model: nn.Module, epoch: int) -> None:
+        """Call after ``model.train()`` at the start of every epoch."""
+        frozen = epoch < self.frozen_until
+        head = set(map(id, model.get_classifier().parameters()))
+        for param in model.parameters():
+            param.requires_grad_(not frozen or id(param) in head)
+        if frozen:
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
+
+@FREEZE.register("none")
+def no_freeze() -> FreezeStrategy:
+    return FreezeStrategy(0)
+
+
+@FREEZE.register("backbone")
+def freeze_backbone() -> FreezeStrategy:
+    """Train only the classifier head (linear probing), for the whole run."""
+    return FreezeStrategy(10**9)
+
+
+@FREEZE.register("unfreeze")
+def freeze_then_unfreeze(*, after: int = 1) -> FreezeStrategy:
+    """Train the head alone for ``after`` epochs, then the whole network."""
+    return FreezeStrategy(after)
+
+
+def build_freeze(name: str, args: dict) -> FreezeStrategy:
+    return FREEZE.get(name)(**args)
+
+
+def to_device(model: nn.Module, device: torch.device) -> nn.Module:
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model

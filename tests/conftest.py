@@ -1,0 +1,99 @@
+"""Shared fixtures: tiny real image data on disk and tiny study files for it."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+from PIL import Image
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+CLASSES = ("c0_red", "c1_green", "c2_blue")  # sorted order = dominant channel
+PER_CLASS = 40
+
+
+def draw(label: int, rng: np.random.Generator, size: int = 16) -> np.ndarray:
+    """A noisy image whose dominant channel is the class: learnable in a few steps."""
+    image = rng.integers(0, 90, size=(size, size, 3), dtype=np.uint8)
+    image[..., label] = rng.integers(150, 256, size=(size, size), dtype=np.uint8)
+    return image
+
+
+@pytest.fixture(scope="session")
+def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An imagefolder (3 classes x 40 images, 16 px) plus labels.csv grouping images in pairs."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    rows = []
+    for label, name in enumerate(CLASSES):
+        (root / name).mkdir()
+        for i in range(PER_CLASS):
+            path = root / name / f"{i:02d}.png"
+            Image.fromarray(draw(label, rng)).save(path)
+            rows.append({"path": f"{name}/{i:02d}.png", "label": name, "group": f"{name}-{i // 2}"})
+    (root / ".DS_Store").write_text("junk")  # hidden files are skipped
+    with (root / "labels.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "label", "group"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def tiny_study(root: Path, tmp_path: Path, **changes: Any) -> dict[str, Any]:
+    """A study dict over the tiny data that trains in about a second per trial on CPU."""
+    study: dict[str, Any] = {
+        "name": "tiny",
+        "seed": 0,
+        "sampler": {"type": "random"},
+        "pruner": {"type": "none"},
+        "budget": {"n_trials": 2, "max_epochs": 2, "patience": 2},
+        "data": {
+            "format": "csv",
+            "root": str(root),
+            "group_column": "group",
+            "image_size": 16,
+            "normalization": "half",
+        },
+        "cv": {"folds": 2, "seed": 0},
+        "search": {
+            "backbone": "test_resnet",
+            "optimizer": "adamw",
+            "lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True},
+            "batch_size": 16,
+            "loss": {"choose": ["cross_entropy", "focal"]},
+        },
+        "output_dir": str(tmp_path / "runs"),
+    }
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split("__")
+        node = study
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return study
+
+
+def write_study(path: Path, study: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def study_file(image_root: Path, tmp_path: Path) -> Path:
+    return write_study(tmp_path / "tiny.yaml", tiny_study(image_root, tmp_path))
+
+
+@pytest.fixture(autouse=True)
+def _no_env_storage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests choose their storage explicitly; a developer's HPO_STORAGE must not leak in."""
+    monkeypatch.delenv("HPO_STORAGE", raising=False)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"HPO_TEST_POSTGRES_URL={'set' if os.environ.get('HPO_TEST_POSTGRES_URL') else 'unset'}"

@@ -1,0 +1,107 @@
+"""The hpo command end to end, as a user runs it: real processes, real SQLite files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import tiny_study, write_study
+
+
+def hpo(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hpo", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_run_end_to_end_stores_the_trials(image_root, tmp_path):
+    study = tiny_study(
+        image_root,
+        tmp_path,
+        budget__n_trials=3,
+        budget__max_epochs=2,
+        pruner={"type": "median", "n_startup_trials": 1},
+    )
+    path = write_study(tmp_path / "tiny.yaml", study)
+    db = tmp_path / "cli.db"
+    done = hpo(
+        "run", "--study", str(path), "--storage", f"sqlite:///{db}", "--set", "cv.folds=3", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert "study tiny" in done.stderr and "0/3 trials done" in done.stderr
+    assert "3 finished trials" in done.stdout
+    stored = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}")
+    assert len(stored.trials) == 3
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in stored.trials)
+    complete = [t for t in stored.trials if t.state == TrialState.COMPLETE]
+    assert complete and all(0.0 <= t.value <= 1.0 for t in complete)
+    for t in complete:
+        assert len(t.user_attrs["fold_f1"]) == 3  # the --set override took effect
+        assert set(t.params) == {"lr", "loss"}
+    assert stored.user_attrs["cv"]["folds"] == 3
+    for t in stored.trials:  # each trial has a line in the output
+        assert f"trial {t.number:>3} {t.state.name}" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("search.backbone=not_a_model", "search.backbone: unknown timm backbone 'not_a_model'"),
+        ("search.lr={low: 0.1, high: 0.001}", "search.lr: inverted range, low 0.1 > high 0.001; swap them"),
+        ("data.root=/nonexistent/data", "data.root: folder /nonexistent/data does not exist"),
+        ("cv.folds=999", "cv.folds: Input should be less than or equal to 50"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(study_file, tmp_path, change, message):
+    db = tmp_path / "never.db"
+    done = hpo(
+        "run", "--study", str(study_file), "--storage", f"sqlite:///{db}", "--set", change, cwd=tmp_path
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert not db.exists() and not (tmp_path / "runs").exists()
+
+
+def test_unreachable_storage_exits_2(study_file, tmp_path):
+    done = hpo(
+        "run",
+        "--study",
+        str(study_file),
+        "--storage",
+        "postgresql+psycopg://bob:hunter2@127.0.0.1:1/hpo?connect_timeout=3",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert "cannot open storage postgresql+psycopg://bob:***@127.0.0.1:1/hpo" in done.stderr
+    assert "hunter2" not in done.stderr + done.stdout
+
+
+def test_validate_reports_fold_sizes(study_file, tmp_path):
+    done = hpo("validate", "--study", str(study_file), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "tiny: valid; 120 images, 3 classes, fold sizes [60, 60]" in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_pretrained_weights_missing_offline_is_a_clear_error(study_file, tmp_path):
+    import os
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "hpo", "run", "--study", str(study_file), "--set", "search.pretrained=true"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 2
+    assert "pretrained weights for 'test_resnet' are not available offline" in done.stderr
+    assert "pretrained: false" in done.stderr
+    assert not (tmp_path / "runs").exists()

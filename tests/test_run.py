@@ -1,0 +1,65 @@
+"""Running and resuming studies through the Python API."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpo.config import parse_spec
+from hpo.errors import DataError
+from hpo.run import run_study
+from hpo.storage import ATTR_FINGERPRINT, ATTR_PLAN
+from tests.conftest import tiny_study
+
+
+def run(spec, url, n_trials=None):
+    return run_study(spec, url, n_trials=n_trials, live=False)
+
+
+def test_resume_continues_to_the_total_budget(image_root, tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    spec = parse_spec(tiny_study(image_root, tmp_path))
+    first = run(spec, url)
+    assert first.ran == 2
+    again = run(spec, url)  # budget reached: nothing more
+    assert again.ran == 0
+    more = run(spec, url, n_trials=3)  # the budget is a total, not "3 more"
+    assert more.ran == 1
+    study = optuna.load_study(study_name="tiny", storage=url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    assert all(0.0 <= t.value <= 1.0 for t in study.trials)
+
+
+def test_fold_plan_is_stored_and_reused(image_root, tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    spec = parse_spec(tiny_study(image_root, tmp_path, budget__n_trials=1))
+    result = run(spec, url)
+    attrs = result.study.user_attrs
+    plan = np.array(attrs[ATTR_PLAN])
+    assert len(plan) == 120 and set(plan.tolist()) == {0, 1}
+    assert attrs["spec"]["name"] == "tiny" and attrs["cv"] == {"folds": 2, "seed": 0}
+    assert len(attrs[ATTR_FINGERPRINT]) == 16
+
+
+def test_changed_data_under_a_study_is_refused(image_root, tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    run(parse_spec(tiny_study(image_root, tmp_path, budget__n_trials=1)), url)
+    other = parse_spec(tiny_study(image_root, tmp_path, budget__n_trials=2, data__group_column=None))
+    with pytest.raises(DataError, match="the data differs from the data study 'tiny' was created with"):
+        run(other, url)
+    refolded = parse_spec(tiny_study(image_root, tmp_path, budget__n_trials=2, cv__folds=3))
+    with pytest.raises(DataError, match=r"created with cv \{'folds': 2, 'seed': 0\}"):
+        run(refolded, url)
+    study = optuna.load_study(study_name="tiny", storage=url)
+    assert len(study.trials) == 1  # nothing ran on the wrong data
+
+
+def test_default_storage_is_sqlite_in_the_output_folder(image_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = parse_spec(tiny_study(image_root, tmp_path, budget__n_trials=1))
+    result = run(spec, None)
+    assert result.storage_url == f"sqlite:///{tmp_path / 'runs' / 'tiny.db'}"
+    assert (tmp_path / "runs" / "tiny.db").is_file()

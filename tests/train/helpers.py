@@ -1,0 +1,50 @@
+"""Tiny training inputs shared by the training tests."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from hpo.data.folds import fold_indices, make_fold_plan
+from hpo.data.formats import load_table
+from hpo.data.table import decoded
+from hpo.train.config import Component, TrainConfig
+from hpo.train.loop import FoldData
+
+BASE = TrainConfig(
+    backbone="test_resnet",
+    pretrained=False,
+    freeze=Component("none"),
+    optimizer=Component("adamw"),
+    lr=3e-3,
+    weight_decay=1e-4,
+    scheduler=Component("constant"),
+    loss=Component("cross_entropy"),
+    class_weights="none",
+    batch_size=8,
+    image_size=16,
+    augment=(),
+    mixup=0.0,
+    cutmix=0.0,
+    max_epochs=1,
+    patience=None,
+    seed=0,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+)
+
+
+def fold_data(root: Path) -> FoldData:
+    table = load_table("imagefolder", {"root": str(root)})
+    plan = make_fold_plan(table, 2, seed=0)
+    train, val = fold_indices(plan, 0)
+    return FoldData(decoded(table, 16), table.labels, train, val, table.num_classes)
+
+
+def config(**changes) -> TrainConfig:
+    return replace(BASE, **changes)
+
+
+__all__ = ["BASE", "config", "fold_data", "np"]

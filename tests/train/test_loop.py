@@ -1,0 +1,98 @@
+"""The fold training loop: learns, reports every epoch, stops early, is reproducible."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hpo.errors import TrainingDiverged
+from hpo.train import loop
+from hpo.train.config import Component
+from hpo.train.loop import fit_fold
+from tests.train.helpers import config, fold_data
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def data(image_root):
+    return fold_data(image_root)
+
+
+def test_learns_the_tiny_data_and_reports_every_epoch(data):
+    seen = []
+    result = fit_fold(config(max_epochs=4, lr=1e-2), data, CPU, fold=0, on_epoch=seen.append)
+    assert [e.epoch for e in seen] == [0, 1, 2, 3] == [e.epoch for e in result.history]
+    assert result.best_f1 >= 0.9
+    assert result.best_f1 == max(e.macro_f1 for e in seen)
+    assert result.best_epoch == int(np.argmax([e.macro_f1 for e in seen]))
+    assert all(e.images_per_second > 0 and e.lr > 0 for e in seen)
+
+
+def test_same_config_same_seed_same_result(data):
+    first = fit_fold(config(max_epochs=2), data, CPU)
+    second = fit_fold(config(max_epochs=2), data, CPU)
+    assert [e.macro_f1 for e in first.history] == [e.macro_f1 for e in second.history]
+    assert [e.train_loss for e in first.history] == [e.train_loss for e in second.history]
+
+
+def test_early_stopping_on_patience(data):
+    # Frozen backbone (BatchNorm too) and lr ~0: nothing improves after the first epoch, so patience 2 ends the fold after epoch 2.
+    result = fit_fold(config(max_epochs=6, patience=2, lr=1e-12, freeze=Component("backbone")), data, CPU)
+    assert len(result.history) == 3 and result.best_epoch == 0
+
+
+def test_callback_can_stop_training_at_once(data):
+    class Stop(Exception):
+        pass
+
+    epochs = []
+
+    def stop_after_first(event):
+        epochs.append(event.epoch)
+        raise Stop
+
+    with pytest.raises(Stop):
+        fit_fold(config(max_epochs=5), data, CPU, on_epoch=stop_after_first)
+    assert epochs == [0]
+
+
+def test_nan_loss_raises_diverged(data, monkeypatch):
+    class NanLoss(torch.nn.Module):
+        def forward(self, logits, target):
+            return logits.sum() * float("nan")
+
+    monkeypatch.setattr(loop, "build_loss", lambda *a, **k: NanLoss())
+    with pytest.raises(TrainingDiverged, match="training loss became nan in fold 0 epoch 0"):
+        fit_fold(config(), data, CPU)
+
+
+def test_keep_best_state_returns_weights(data):
+    result = fit_fold(config(), data, CPU, keep_best_state=True)
+    assert result.best_state and all(t.device.type == "cpu" for t in result.best_state.values())
+
+
+def test_pretrained_from_a_local_file(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from hpo.train.models import create_model
+
+    source = timm.create_model("test_resnet")  # a 1000-class "pretrained" network
+    save_file(source.state_dict(), tmp_path / "weights.safetensors")
+    model = create_model("test_resnet", str(tmp_path / "weights.safetensors"), num_classes=3)
+    head = {id(p) for p in model.get_classifier().parameters()}
+    loaded = dict(source.named_parameters())
+    for name, param in model.named_parameters():
+        if id(param) not in head:
+            assert torch.equal(param, loaded[name]), name
+    assert model.get_classifier().out_features == 3
+
+
+def test_missing_weights_file_is_a_config_error(tmp_path):
+    from hpo.errors import ConfigError
+    from hpo.train.models import create_model
+
+    with pytest.raises(ConfigError, match="pretrained weights file .*missing.pth does not exist"):
+        create_model("test_resnet", str(tmp_path / "missing.pth"), num_classes=3)
