@@ -26,7 +26,7 @@ from pydantic import (
 
 from hpo.data.formats import FORMATS
 from hpo.errors import ConfigError
-from hpo.space import SearchSpace, parse_search
+from hpo.space import SearchSpace, param_names, parse_search
 from hpo.strategy import PRUNERS, SAMPLERS, max_report_steps
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
@@ -141,6 +141,23 @@ class CVSpec(_Model):
     seed: int = 0
 
 
+class WorkersSpec(_Model):
+    """How workers guard their trials (see README, "Parallel workers")."""
+
+    heartbeat_interval: int = Field(10, ge=1, description="seconds between heartbeats")
+    grace_period: int = Field(60, ge=2, description="seconds without heartbeat before a trial is stale")
+    max_retry: int = Field(2, ge=0, description="retries of a stale trial with the same parameters")
+
+    @model_validator(mode="after")
+    def _grace(self) -> WorkersSpec:
+        if self.grace_period < 3 * self.heartbeat_interval:
+            raise ValueError(
+                f"grace_period ({self.grace_period}s) must be at least 3 x heartbeat_interval"
+                f" ({self.heartbeat_interval}s), or live trials under load are failed as stale"
+            )
+        return self
+
+
 class StudySpec(_Model):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
@@ -153,7 +170,9 @@ class StudySpec(_Model):
     budget: BudgetSpec = BudgetSpec()
     data: DataSpec
     cv: CVSpec = CVSpec()
+    workers: WorkersSpec = WorkersSpec()
     search: SearchSpace
+    seed_trials: list[dict[str, Any]] = Field(default_factory=list, description="parameters run first")
     output_dir: Path | None = None
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
 
@@ -170,6 +189,15 @@ class StudySpec(_Model):
         if not isinstance(value, dict):
             raise ConfigError("search: expected a mapping of parameters")
         return parse_search(value)
+
+    @model_validator(mode="after")
+    def _seed_trials(self) -> StudySpec:
+        known = param_names(self.search)
+        for i, params in enumerate(self.seed_trials):
+            unknown = set(params) - known
+            if unknown:
+                raise ValueError(f"seed_trials[{i}]: unknown parameter(s) {sorted(unknown)}; searched parameters are: {', '.join(sorted(known))}")
+        return self
 
     @model_validator(mode="after")
     def _strategies(self) -> StudySpec:

@@ -53,6 +53,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         cfg = trial_config(trial, self.spec)
+        trial.set_user_attr("config", cfg.to_dict())  # the full recipe, fixed values included
         started = time.perf_counter()
         trial.set_user_attr(
             "device",

@@ -66,7 +66,7 @@ class RunDisplay:
             outcome = (str(trial.system_attrs.get("fail_reason", "")).splitlines() or [""])[-1]
         self.console.print(
             f"trial {trial.number:>3} {trial.state.name:<8} {outcome}"
-            f" ({trial.user_attrs.get('wall_seconds', 0):.0f}s) {trial.params.get('backbone', '')}",
+            f" ({trial.user_attrs.get('wall_seconds', 0):.0f}s) {trial.user_attrs.get('config', {}).get('backbone', '')}",
             soft_wrap=True,
             highlight=False,
         )
@@ -103,38 +103,28 @@ class RunDisplay:
 
 
 def summary_table(study: optuna.Study, last: int = 25) -> Table:
-    """The finished trials (the latest ``last``), best first marked with *."""
+    """The latest ``last`` finished trials; the best one marked with *."""
     trials = [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED]
     best = best_value(study)
     table = Table(title=f"study {study.study_name}: {len(trials)} finished trials")
-    for column in (
-        "#",
-        "state",
-        "macro F1",
-        "± std",
-        "backbone",
-        "loss",
-        "optimizer",
-        "lr",
-        "batch",
-        "seconds",
-    ):
-        table.add_column(
-            column,
-            justify="right" if column in ("#", "macro F1", "± std", "lr", "batch", "seconds") else "left",
-        )
+    for column in ("#", "state", "macro F1", "± std", "backbone", "loss", "optimizer", "lr",
+                   "batch", "size", "seconds"):
+        numeric = column in ("#", "macro F1", "± std", "lr", "batch", "size", "seconds")
+        table.add_column(column, justify="right" if numeric else "left")
     for t in trials[-last:]:
-        mark = "*" if best is not None and t.value == best and t.state == TrialState.COMPLETE else ""
+        complete = t.state == TrialState.COMPLETE
+        cfg = t.user_attrs.get("config", {})
         table.add_row(
-            f"{t.number}{mark}",
+            f"{t.number}{'*' if complete and t.value == best else ''}",
             t.state.name,
-            f"{t.value:.4f}" if t.state == TrialState.COMPLETE else "-",
-            f"{t.user_attrs['f1_std']:.4f}" if t.state == TrialState.COMPLETE else "",
-            str(t.params.get("backbone", "")),
-            str(t.params.get("loss", "")),
-            str(t.params.get("optimizer", "")),
-            f"{t.params['lr']:.2e}" if "lr" in t.params else "",
-            str(t.params.get("batch_size", "")),
+            f"{t.value:.4f}" if complete else "-",
+            f"{t.user_attrs.get('f1_std', 0):.4f}" if complete else "",
+            cfg.get("backbone", ""),
+            cfg.get("loss", {}).get("name", ""),
+            cfg.get("optimizer", {}).get("name", ""),
+            f"{cfg['lr']:.2e}" if "lr" in cfg else "",
+            str(cfg.get("batch_size", "")),
+            str(cfg.get("image_size", "")),
             f"{t.user_attrs.get('wall_seconds', 0):.0f}",
         )
     return table

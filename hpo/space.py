@@ -309,6 +309,28 @@ def parse_search(raw: Mapping[str, Any]) -> SearchSpace:
     )
 
 
+def param_names(space: SearchSpace) -> set[str]:
+    """Every Optuna parameter name this space can produce (conditional ones included)."""
+    names = {
+        key for key in ("backbone", "pretrained", "lr", "weight_decay", "class_weights", "batch_size",
+                        "image_size", "mixup", "cutmix")
+        if not isinstance(getattr(space, key), (Fixed, type(None)))
+    }
+    for key in ("freeze", "optimizer", "scheduler", "loss"):
+        choice: Choice = getattr(space, key)
+        if len(choice.branches) > 1:
+            names.add(key)
+        for branch, args in choice.branches.items():
+            names |= {f"{key}.{branch}.{arg}" for arg, p in args.items() if not isinstance(p, Fixed)}
+    if not isinstance(space.augment_preset, Fixed):
+        names.add("augment.preset")
+    for op, spec in space.augment_ops.items():
+        for field in ("enabled", "magnitude", "p"):
+            if not isinstance(getattr(spec, field), Fixed):
+                names.add(f"augment.{op}.{field}")
+    return names
+
+
 # ---------------------------------------------------------------------------------------------
 # Sampling
 

@@ -1,37 +1,62 @@
 """Storage URLs, the Optuna storage behind them, and the study with its fold plan.
 
-The only module that knows storage URLs and SQLAlchemy. Errors become one-line StorageErrors
-with the password masked.
+The only module that knows storage URLs and SQLAlchemy. It makes Optuna's RDB storage hold up
+under many worker processes:
+
+- transient database errors (locked SQLite, PostgreSQL restarts, deadlocks, serialization
+  failures, too many clients) are retried with backoff instead of killing a worker;
+- SQLite runs in WAL mode with ``BEGIN IMMEDIATE`` transactions, so concurrent writers queue on
+  the busy timeout instead of failing on "database is locked";
+- PostgreSQL pools are bounded and pre-pinged (a restarted server is reconnected to);
+- :func:`study_lock` serialises the few steps that must not interleave across processes
+  (creating a study, claiming a trial of the budget, enqueueing seed trials).
+
+Errors reaching the user are one-line StorageErrors with the password masked.
 """
 
 from __future__ import annotations
 
+import fcntl
+import functools
+import logging
 import os
+import random
 import sqlite3
-from contextlib import closing
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
 from dotenv import load_dotenv
+from optuna.exceptions import StorageInternalError
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from hpo.config import StudySpec
 from hpo.data.table import ImageTable
 from hpo.errors import DataError, StorageError
 
+log = logging.getLogger(__name__)
 ENV_STORAGE = "HPO_STORAGE"
 ATTR_PLAN, ATTR_FINGERPRINT, ATTR_CV, ATTR_SPEC = "fold_plan", "data_fingerprint", "cv", "spec"
+RETRY_SECONDS = 120.0  # how long a storage call keeps retrying a transient error
 
 
-def resolve_url(url: str | None, spec: StudySpec) -> str:
+def resolve_url(url: str | None, spec: StudySpec | None = None) -> str:
     """``--storage``, else ``HPO_STORAGE`` (environment or ./.env), else a SQLite file in the
     study's output folder."""
     load_dotenv(Path.cwd() / ".env", override=False)
     url = url or os.environ.get(ENV_STORAGE)
     if url:
         return url
+    if spec is None:
+        raise StorageError(f"no storage given; pass --storage URL or set {ENV_STORAGE}")
     return f"sqlite:///{spec.outputs / f'{spec.name}.db'}"
 
 
@@ -43,49 +68,187 @@ def redact(url: str) -> str:
         return "<unparseable storage URL>"
 
 
-def _sqlite_wal(path: Path) -> None:
-    """Put the SQLite file in WAL mode (persistent in the file), before any pool holds it: WAL
-    lets readers (the dashboard) work beside writers."""
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def is_transient(error: BaseException) -> bool:
+    """Database errors worth retrying: lost connections, locks, deadlocks, serialization
+    failures, too many clients. Optuna wraps them in StorageInternalError."""
+    while isinstance(error, StorageInternalError) and error.__cause__ is not None:
+        error = error.__cause__
+    if isinstance(error, OperationalError):
+        return True
+    return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
+
+
+def retrying(call: Callable[..., Any], name: str, seconds: float = RETRY_SECONDS) -> Callable[..., Any]:
+    @functools.wraps(call)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        deadline, delay = time.monotonic() + seconds, 0.05
+        while True:
+            try:
+                return call(*args, **kwargs)
+            except (StorageInternalError, SQLAlchemyError) as e:
+                if not is_transient(e) or time.monotonic() > deadline:
+                    raise
+                log.warning("storage %s: transient error, retrying in %.1fs: %s", name, delay,
+                            str(e.__cause__ or e).splitlines()[0])
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 5.0)
+
+    return wrapper
+
+
+class RetryingRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDBStorage with every database call retried on transient errors."""
+
+
+for _name in (
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
+    "get_study_user_attrs", "get_study_system_attrs", "get_all_studies", "create_new_trial",
+    "set_trial_param", "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
+    "set_trial_user_attr", "set_trial_system_attr", "get_trial_id_from_study_id_trial_number",
+    "get_trial", "get_all_trials", "get_best_trial", "get_trial_user_attrs",
+    "get_trial_system_attrs", "record_heartbeat", "_get_stale_trial_ids",
+):
+    setattr(RetryingRDBStorage, _name, retrying(getattr(optuna.storages.RDBStorage, _name), _name))
+
+
+def _sqlite_file(url: str) -> Path | None:
+    database = make_url(url).database
+    return Path(database).expanduser() if database and database != ":memory:" else None
+
+
+def _prepare_sqlite(path: Path) -> None:
+    """WAL mode (persistent in the file), set before any pool holds the file: readers such as
+    the dashboard then work beside writers."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with closing(sqlite3.connect(path, timeout=60)) as connection:
             connection.execute("PRAGMA journal_mode=WAL")
     except sqlite3.Error as e:
-        raise StorageError(
-            f"cannot open SQLite file {path}: {e}; check the path and its permissions"
-        ) from None
+        raise StorageError(f"cannot open SQLite file {path}: {e}; check the path and its permissions") from None
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
+def _begin_immediate(engine: Any) -> None:
+    """Take SQLite's write lock at the start of each transaction: a deferred transaction that
+    reads, then writes, fails at once with "database is locked" when another process wrote in
+    between; an immediate one waits its turn on the busy timeout."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None  # let us issue BEGIN ourselves
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # drop connections opened before the listeners existed
+
+
+def open_storage(
+    url: str,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    max_retry: int | None = None,
+) -> optuna.storages.RDBStorage:
+    """The Optuna storage for ``url``; with a heartbeat, stale trials are retried up to
+    ``max_retry`` times with the same parameters."""
     try:
-        parsed = make_url(url)
+        backend = make_url(url).get_backend_name()
     except ArgumentError:
         raise StorageError(
             f"cannot parse storage URL {redact(url)!r}; use sqlite:///path.db or"
             " postgresql+psycopg://user@host/db"
         ) from None
-    engine_kwargs: dict = {"pool_pre_ping": True}
-    if parsed.get_backend_name() == "sqlite":
-        engine_kwargs = {"connect_args": {"timeout": 60}}
-        if parsed.database and parsed.database != ":memory:":
-            _sqlite_wal(Path(parsed.database).expanduser())
+    if backend == "sqlite":
+        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}
+        if (path := _sqlite_file(url)) is not None:
+            _prepare_sqlite(path)
+    else:
+        # Bounded: every worker holds at most 3 connections (trial loop, heartbeat, sweeper).
+        engine_kwargs = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 1,
+                         "pool_timeout": 60, "pool_recycle": 1800}
+    callback = None
+    if heartbeat_interval:
+        callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    except (SQLAlchemyError, ImportError, OSError) as e:
-        reason = str(getattr(e, "orig", None) or e).splitlines()[0]
+        storage = retrying(RetryingRDBStorage, "connect", seconds=10)(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=callback,
+        )
+    except (SQLAlchemyError, StorageInternalError, ImportError, OSError) as e:
+        cause = e.__cause__ or e
+        reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
         raise StorageError(
             f"cannot open storage {redact(url)}: {reason}; check --storage / {ENV_STORAGE} and that"
             " the database is reachable"
         ) from None
+    if backend == "sqlite":
+        _begin_immediate(storage.engine)
+    return storage
 
 
-def open_study(
-    spec: StudySpec, storage: optuna.storages.BaseStorage, table: ImageTable, plan: np.ndarray
-) -> tuple[optuna.Study, np.ndarray]:
+@contextmanager
+def study_lock(url: str, study_name: str) -> Iterator[None]:
+    """A lock shared by every process using this study: a file lock beside a SQLite database,
+    a PostgreSQL advisory lock otherwise."""
+    if is_sqlite(url):
+        path = _sqlite_file(url)
+        if path is None:
+            yield
+            return
+        with open(path.with_name(path.name + ".lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    if make_url(url).get_backend_name() != "postgresql":
+        yield  # other databases: no cross-process lock (documented limitation)
+        return
+    key = zlib.crc32(f"hpo:{study_name}".encode())
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        connection = retrying(engine.connect, "lock")()
+        try:
+            retrying(lambda: connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key}), "lock")()
+            yield
+        finally:
+            try:
+                connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            finally:
+                connection.close()  # closing the session releases the lock in any case
+    finally:
+        engine.dispose()
+
+
+def stored_spec(url: str, study_name: str) -> dict[str, Any]:
+    """The study file a study was created with (for workers joining without the file)."""
+    storage = open_storage(url)
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        raise StorageError(f"no study {study_name!r} in {redact(url)}; start it with hpo run first, or give the study file") from None
+    attrs = storage.get_study_user_attrs(study_id)
+    if ATTR_SPEC not in attrs:
+        raise StorageError(f"study {study_name!r} in {redact(url)} was not created by hpo; give the study file")
+    return attrs[ATTR_SPEC]
+
+
+def open_study(spec: StudySpec, storage: optuna.storages.BaseStorage, table: ImageTable,
+               plan: np.ndarray) -> tuple[optuna.Study, np.ndarray]:
     """Create the study (or load it) with its fold plan; return the plan every trial must use.
 
-    A study remembers its data fingerprint and folds: a resume on changed data or a different
-    cv section is refused rather than silently comparing trials trained on different splits.
+    Call under :func:`study_lock` when several processes may start at once. A study remembers
+    its data fingerprint and folds: a resume on changed data or a different cv section is
+    refused rather than silently comparing trials trained on different splits.
     """
     study = optuna.create_study(
         storage=storage,

@@ -63,3 +63,21 @@ def test_default_storage_is_sqlite_in_the_output_folder(image_root, tmp_path, mo
     result = run(spec, None)
     assert result.storage_url == f"sqlite:///{tmp_path / 'runs' / 'tiny.db'}"
     assert (tmp_path / "runs" / "tiny.db").is_file()
+
+
+@pytest.mark.slow
+def test_digits_demo_learns_real_data(tmp_path):
+    """The embedded demo's data and pipeline reach the F1 the README promises (one good config)."""
+    from hpo.config import load_spec
+
+    spec = load_spec("digits", [
+        "name=digits-check", f"output_dir={tmp_path}", "budget.n_trials=1", "budget.max_epochs=4",
+        "search.backbone=resnet10t", "search.optimizer=adamw", "search.lr=0.001",
+        "search.scheduler=cosine", "search.loss=cross_entropy", "search.batch_size=32",
+        "search.image_size=32", "search.mixup=0.0",
+    ])
+    result = run_study(spec, f"sqlite:///{tmp_path / 'd.db'}", live=False)
+    trial = result.study.trials[0]
+    assert trial.state == TrialState.COMPLETE and trial.value >= 0.95
+    assert trial.user_attrs["config"]["backbone"] == "resnet10t"
+    assert len(trial.user_attrs["fold_f1"]) == 3

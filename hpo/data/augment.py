@@ -115,12 +115,16 @@ def preset_ops(name: str) -> dict[str, tuple[float, float]]:
     return dict(PRESETS[name])
 
 
-def build_pipeline(ops: Sequence[AugmentOp], image_size: int) -> A.Compose | None:
-    """The albumentations pipeline for a trial, on uint8 HWC images; None when there is none."""
+def build_pipeline(ops: Sequence[AugmentOp], image_size: int, seed: int = 0) -> A.Compose | None:
+    """The albumentations pipeline for a trial, on uint8 HWC images; None when there is none.
+
+    Seeded: albumentations keeps its own random state, so without a seed no two runs of the same
+    trial would see the same augmentations.
+    """
     transforms = []
     for op in ops:
         transform = OPS.get(op.name)(op.magnitude, op.p)
         if isinstance(transform, A.RandomResizedCrop):
             transform = A.RandomResizedCrop(size=(image_size, image_size), scale=transform.scale, p=op.p)
         transforms.append(transform)
-    return A.Compose(transforms) if transforms else None
+    return A.Compose(transforms, seed=seed) if transforms else None

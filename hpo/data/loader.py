@@ -30,6 +30,14 @@ class AugmentedImages(Dataset):
         return torch.from_numpy(np.ascontiguousarray(image)), int(self.labels[index])
 
 
+def _seed_worker(worker_id: int) -> None:
+    """Each DataLoader worker holds a copy of the pipeline: give each its own stream, derived
+    from the loader's seeded generator, so workers differ and runs repeat."""
+    info = torch.utils.data.get_worker_info()
+    if info is not None and info.dataset.pipeline is not None:
+        info.dataset.pipeline.set_random_seed(info.seed % 2**32)
+
+
 def train_loader(
     images: np.ndarray,
     labels: np.ndarray,
@@ -51,6 +59,7 @@ def train_loader(
         generator=generator,
         num_workers=workers,
         persistent_workers=workers > 0,
+        worker_init_fn=_seed_worker,
         pin_memory=on_gpu,
     )
 

@@ -151,7 +151,7 @@ def fit_fold(
         data.images,
         data.labels,
         data.train_idx,
-        build_pipeline(cfg.augment, cfg.image_size),
+        build_pipeline(cfg.augment, cfg.image_size, seed),
         cfg.batch_size,
         seed,
         device,
