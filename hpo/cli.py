@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -13,39 +15,56 @@ from rich.console import Console
 
 from hpo.errors import HpoError
 
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="Hyperparameter optimisation for image classification."
-)
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Hyperparameter optimisation for image classification.")
 # Progress goes to stderr; when it is not a terminal (CI, a log file) use a readable width.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 StudyOpt = Annotated[str, typer.Option("--study", "-s", help="Study file path, or a name in studies/")]
-SetOpt = Annotated[
-    list[str] | None, typer.Option("--set", help="Override a study-file key: a.b=value (repeatable)")
-]
-StorageOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--storage", help="Storage URL (default: $HPO_STORAGE, else a SQLite file in runs/<study>/)"
-    ),
-]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a study-file key: a.b=value (repeatable)")]
+StorageOpt = Annotated[str | None, typer.Option("--storage", help="Storage URL (default: $HPO_STORAGE, else a SQLite file in runs/<study>/)")]
+TrialsOpt = Annotated[int | None, typer.Option("--n-trials", help="Total trials of the study (overrides budget.n_trials)", min=1)]
+TimeoutOpt = Annotated[str | None, typer.Option("--timeout", help="Stop starting trials after this long: 90s, 30m, 8h")]
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Report HpoErrors as one line on stderr with exit code 2; Ctrl-C with exit code 130."""
+    """HpoErrors: one line on stderr, exit code 2. Ctrl-C / SIGTERM: exit code 130."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from hpo.workers import EXIT_DEVICE, EXIT_INPUT, EXIT_STOPPED, DeviceError, WorkerStopping
+
         try:
             return command(*args, **kwargs)
         except HpoError as e:
             console.print(f"[red]error:[/] {e}", soft_wrap=True, highlight=False)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            console.print("interrupted; run the same command again to resume the study")
-            raise typer.Exit(130) from None
+            raise typer.Exit(EXIT_INPUT) from None
+        except DeviceError as e:
+            console.print(f"device failure, exiting for a fresh process: {e}", soft_wrap=True)
+            raise typer.Exit(EXIT_DEVICE) from None
+        except (KeyboardInterrupt, WorkerStopping):
+            console.print("stopped; running trials were re-enqueued. Run the same command to resume.")
+            raise typer.Exit(EXIT_STOPPED) from None
 
     return wrapper
+
+
+def _seconds(timeout: str | None) -> float | None:
+    from hpo.config import parse_duration
+    from hpo.errors import ConfigError
+
+    try:
+        return parse_duration(timeout)
+    except ValueError as e:
+        raise ConfigError(f"--timeout: {e}") from None
+
+
+def _spec(study: str, overrides: list[str], storage: str | None):  # noqa: ANN202
+    """The study file, or (for a worker joining from elsewhere) the spec kept in the storage."""
+    from hpo.config import load_spec_or_stored
+    from hpo.storage import resolve_url, stored_spec
+
+    return load_spec_or_stored(study, overrides, lambda: stored_spec(resolve_url(storage), study))
 
 
 @app.command()
@@ -53,28 +72,89 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 def run(
     study: StudyOpt,
     storage: StorageOpt = None,
-    n_trials: Annotated[
-        int | None, typer.Option(help="Total trials of the study (overrides budget.n_trials)", min=1)
-    ] = None,
-    timeout: Annotated[
-        str | None, typer.Option(help="Stop starting trials after this long: 90s, 30m, 8h")
-    ] = None,
+    n_trials: TrialsOpt = None,
+    timeout: TimeoutOpt = None,
     set_: SetOpt = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: 1, in this process; with GPUs: one per GPU slot)", min=1)] = None,
+    gpus: Annotated[str | None, typer.Option(help="GPUs to use, e.g. 0,1,2,3 (default: all visible)")] = None,
+    trials_per_gpu: Annotated[int, typer.Option(help="Workers sharing each GPU", min=1)] = 1,
     live: Annotated[bool, typer.Option(help="Live progress display (off when not a terminal)")] = True,
 ) -> None:
     """Run (or resume) a study until its total trial budget is reached."""
-    from hpo.config import load_spec, parse_duration
-    from hpo.errors import ConfigError
+    from hpo.config import find_study_file, load_spec
     from hpo.progress import summary_table
     from hpo.run import run_study
+    from hpo.workers.loop import raise_on_sigterm
 
+    raise_on_sigterm()
     spec = load_spec(study, set_ or [])
-    try:
-        seconds = parse_duration(timeout)
-    except ValueError as e:
-        raise ConfigError(f"--timeout: {e}") from None
-    result = run_study(spec, storage, n_trials, seconds, console, live=live and console.is_terminal)
+    gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
+    result = run_study(
+        spec, storage, n_trials, _seconds(timeout), console, live=live and console.is_terminal,
+        workers=workers, gpus=gpu_list, trials_per_gpu=trials_per_gpu,
+        study_file=find_study_file(study).resolve(), overrides=set_ or [],
+    )
     Console(width=None if sys.stdout.isatty() else 120).print(summary_table(result.study))
+
+
+@app.command()
+@user_errors
+def worker(
+    study: StudyOpt,
+    storage: StorageOpt = None,
+    n_trials: TrialsOpt = None,
+    timeout: TimeoutOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Join a study as one worker (from this or any machine) and run trials until its budget
+    is reached. Without the study file here, the spec stored with the study is used."""
+    import torch
+
+    from hpo.objective import pick_device
+    from hpo.progress import trial_line
+    from hpo.study import connect
+    from hpo.workers import Worker
+    from hpo.workers.loop import raise_on_sigterm
+
+    raise_on_sigterm()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if threads := os.environ.get("HPO_THREADS"):
+        torch.set_num_threads(int(threads))
+    spec = _spec(study, set_ or [], storage)
+    handle = connect(spec, storage)
+    device = pick_device()
+    console.print(f"worker on {device} joined study {spec.name}", soft_wrap=True)
+    done = Worker(handle, n_trials or spec.budget.n_trials, _seconds(timeout) or spec.budget.timeout,
+                  device, on_trial_end=lambda t: console.print(trial_line(t), soft_wrap=True, markup=False)).run()
+    console.print(f"budget reached; this worker ran {done} trials")
+
+
+@app.command()
+@user_errors
+def status(study: StudyOpt, storage: StorageOpt = None, set_: SetOpt = None) -> None:
+    """Trials by state, the best so far, running trials and live workers."""
+    from hpo.status import study_status
+
+    spec = _spec(study, set_ or [], storage)
+    Console(width=None if sys.stdout.isatty() else 120).print(*study_status(spec, storage))
+
+
+@app.command()
+@user_errors
+def enqueue(
+    study: StudyOpt,
+    params: Annotated[Path, typer.Argument(help="YAML: a mapping of parameter: value, or a list of them")],
+    storage: StorageOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Put known-good configurations first in the study's queue (duplicates are skipped)."""
+    from hpo.config import load_params_file
+    from hpo.study import connect
+    from hpo.study import enqueue as enqueue_trials
+
+    trials = load_params_file(params)
+    added = enqueue_trials(connect(_spec(study, set_ or [], storage), storage), trials)
+    console.print(f"enqueued {added} of {len(trials)} trials ({len(trials) - added} already in the study)")
 
 
 @app.command()
@@ -82,7 +162,7 @@ def run(
 def validate(study: StudyOpt, set_: SetOpt = None) -> None:
     """Check a study file and its data without touching any storage."""
     from hpo.config import load_spec
-    from hpo.run import prepare
+    from hpo.study import prepare
 
     spec = load_spec(study, set_ or [])
     table, plan = prepare(spec)
@@ -92,7 +172,6 @@ def validate(study: StudyOpt, set_: SetOpt = None) -> None:
 
 def main() -> None:
     # Quieter Optuna: hpo prints its own per-trial lines.
-    os.environ.setdefault("OPTUNA_LOGGING_LEVEL", "WARNING")
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

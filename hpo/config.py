@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -300,3 +300,28 @@ def load_spec(study: str | Path, overrides: Sequence[str] = ()) -> StudySpec:
         for assignment in overrides:
             apply_override(raw, assignment)
     return parse_spec(raw, str(path))
+
+
+def load_spec_or_stored(study: str, overrides: Sequence[str], stored: Callable[[], dict[str, Any]]) -> StudySpec:
+    """The study file when this machine has it; else the spec the study was created with, as
+    kept in its storage (``stored``), so a worker can join from a machine without the file."""
+    try:
+        find_study_file(study)
+    except ConfigError:
+        raw = stored()
+        for assignment in overrides:
+            apply_override(raw, assignment)
+        return parse_spec(raw, f"study {study!r} (from storage)")
+    return load_spec(study, overrides)
+
+
+def load_params_file(path: Path) -> list[dict[str, Any]]:
+    """Trial parameters to enqueue: one mapping, or a list of mappings (YAML)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read parameters ({e}); give a YAML mapping or list of mappings") from None
+    trials = raw if isinstance(raw, list) else [raw]
+    if not trials or not all(isinstance(t, dict) and t for t in trials):
+        raise ConfigError(f"{path}: expected a mapping of parameter: value, or a list of them")
+    return trials

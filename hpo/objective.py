@@ -8,6 +8,7 @@ over folds of each fold's best macro F1.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from hpo.data.table import ImageTable, decoded
 from hpo.errors import TrainingDiverged
 from hpo.space import trial_config
 from hpo.strategy import report_step, reports_per_fold
+from hpo.train.config import TrainConfig
 from hpo.train.loop import EpochResult, FoldData, FoldResult, fit_fold
 
 
@@ -59,26 +61,45 @@ class Objective:
             "device",
             str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device),
         )
-        images = decoded(self.table, cfg.image_size)
         folds: list[FoldResult] = []
-        per_fold = reports_per_fold(self.spec.pruner.type)
+        out_of_memory = False
         try:
-            for fold, train_idx, val_idx in iter_folds(self.plan):
-                data = FoldData(images, self.table.labels, train_idx, val_idx, self.table.num_classes)
-                callback = None if per_fold else self._reporter(trial, cfg.max_epochs)
-                folds.append(fit_fold(cfg, data, self.device, fold, callback))
-                if per_fold:
-                    trial.report(folds[-1].best_f1, fold)
-                    self._prune_if_asked(trial, f"after fold {fold} (F1 {folds[-1].best_f1:.4f})")
+            self._train_folds(trial, cfg, folds)
         except TrainingDiverged as e:
             trial.set_user_attr("prune_reason", f"diverged: {e}")
             raise optuna.TrialPruned(f"diverged: {e}") from e
+        except torch.OutOfMemoryError:
+            out_of_memory = True  # handled below, once the failed step's tensors are released
         finally:
             self._record(trial, folds, time.perf_counter() - started)
+        if out_of_memory:
+            # PRUNED, not FAIL: TPE learns from pruned trials but ignores failed ones, and would
+            # keep proposing the configuration that does not fit.
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            reason = (f"out of memory: backbone {cfg.backbone}, batch_size {cfg.batch_size},"
+                      f" image_size {cfg.image_size} on {self.device}")
+            trial.set_user_attr("prune_reason", reason)
+            raise optuna.TrialPruned(reason)
         return float(np.mean([f.best_f1 for f in folds]))
+
+    def _train_folds(self, trial: optuna.Trial, cfg: TrainConfig, folds: list[FoldResult]) -> None:
+        images = decoded(self.table, cfg.image_size)
+        per_fold = reports_per_fold(self.spec.pruner.type)
+        for fold, train_idx, val_idx in iter_folds(self.plan):
+            data = FoldData(images, self.table.labels, train_idx, val_idx, self.table.num_classes)
+            callback = None if per_fold else self._reporter(trial, cfg.max_epochs)
+            folds.append(fit_fold(cfg, data, self.device, fold, callback))
+            if per_fold:
+                trial.report(folds[-1].best_f1, fold)
+                self._prune_if_asked(trial, f"after fold {fold} (F1 {folds[-1].best_f1:.4f})")
 
     def _reporter(self, trial: optuna.Trial, max_epochs: int) -> Callable[[EpochResult], None]:
         def report(result: EpochResult) -> None:
+            # Visible to `hpo status` and the pool's display, from any machine.
+            trial.set_user_attr("progress", {"fold": result.fold, "epoch": result.epoch,
+                                             "f1": round(result.macro_f1, 4)})
             if self.on_epoch is not None:
                 self.on_epoch(EpochEvent(trial.number, result, self.spec.cv.folds))
             step = report_step(self.spec.pruner.type, result.fold, result.epoch, max_epochs)

@@ -1,45 +1,49 @@
-"""The live progress display of a run and its closing summary (rich)."""
+"""The live progress display of a run and its closing summary (rich).
+
+In-process runs feed it callbacks (every epoch, every finished trial); a pool of worker
+processes feeds it by polling the study, where workers leave each trial's progress.
+"""
 
 from __future__ import annotations
 
 import time
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from hpo.objective import EpochEvent
+from hpo.study import best_value, count_states
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
-def count_states(study: optuna.Study) -> dict[TrialState, int]:
-    trials = study.get_trials(deepcopy=False)
-    return {state: sum(t.state == state for t in trials) for state in TrialState}
-
-
-def best_value(study: optuna.Study) -> float | None:
-    try:
-        return study.best_value
-    except ValueError:  # no complete trial yet
-        return None
+def trial_line(trial: FrozenTrial) -> str:
+    if trial.state == TrialState.COMPLETE:
+        outcome = f"macro F1 {trial.value:.4f} folds {trial.user_attrs.get('fold_f1')}"
+    elif trial.state == TrialState.PRUNED:  # its value is only its last report: say why
+        outcome = trial.user_attrs.get("prune_reason", "")
+    else:
+        outcome = trial.user_attrs.get("fail_reason", "no heartbeat within the grace period (worker lost)")
+    seconds = trial.user_attrs.get("wall_seconds", 0)
+    backbone = trial.user_attrs.get("config", {}).get("backbone", "")
+    return f"trial {trial.number:>3} {trial.state.name:<8} {outcome} ({seconds:.0f}s) {backbone}"
 
 
 class RunDisplay:
-    """Trials done/total, states, best macro F1, and the running trial's fold/epoch."""
+    """Trials done/total, states, best macro F1, and what the running trials are doing."""
 
     def __init__(self, study: optuna.Study, budget: int, console: Console, live: bool = True) -> None:
         self.study, self.budget, self.console = study, budget, console
         self.counts = count_states(study)
         self.best = best_value(study)
-        self.event: EpochEvent | None = None
+        self.running: dict[int, str] = {}
+        self.printed = {t.number for t in study.get_trials(deepcopy=False) if t.state in FINISHED}
         self.started = time.monotonic()
-        self.live = (
-            Live(self._render(), console=console, refresh_per_second=4, transient=True) if live else None
-        )
+        self.live = Live(self._render(), console=console, refresh_per_second=4, transient=True) if live else None
 
     def __enter__(self) -> RunDisplay:
         if self.live is not None:
@@ -51,26 +55,41 @@ class RunDisplay:
             self.live.__exit__(*exc)
 
     def on_epoch(self, event: EpochEvent) -> None:
-        self.event = event
-        self._refresh()
-
-    def on_trial_end(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        self.counts = count_states(study)
-        self.best = best_value(study)
-        self.event = None
-        if trial.state == TrialState.COMPLETE:
-            outcome = f"macro F1 {trial.value:.4f} folds {trial.user_attrs.get('fold_f1')}"
-        elif trial.state == TrialState.PRUNED:  # its value is only its last report: say why
-            outcome = trial.user_attrs.get("prune_reason", "")
-        else:
-            outcome = (str(trial.system_attrs.get("fail_reason", "")).splitlines() or [""])[-1]
-        self.console.print(
-            f"trial {trial.number:>3} {trial.state.name:<8} {outcome}"
-            f" ({trial.user_attrs.get('wall_seconds', 0):.0f}s) {trial.user_attrs.get('config', {}).get('backbone', '')}",
-            soft_wrap=True,
-            highlight=False,
+        r = event.result
+        self.running[event.trial] = (
+            f"fold {r.fold + 1}/{event.folds} epoch {r.epoch + 1}  val F1 {r.macro_f1:.4f}"
+            f"  loss {r.train_loss:.3f}  {r.images_per_second:.0f} img/s"
         )
         self._refresh()
+
+    def on_trial_end(self, trial: FrozenTrial) -> None:
+        self.running.pop(trial.number, None)
+        self.counts = count_states(self.study)
+        self.best = best_value(self.study)
+        self._print(trial)
+        self._refresh()
+
+    def poll(self) -> None:
+        """Catch up from the storage: trials finished by other processes, running ones' progress."""
+        trials = self.study.get_trials(deepcopy=False)
+        for trial in trials:
+            if trial.state in FINISHED and trial.number not in self.printed:
+                self._print(trial)
+        self.running = {
+            t.number: self._progress_text(t) for t in trials if t.state == TrialState.RUNNING
+        }
+        self.counts = {state: sum(t.state == state for t in trials) for state in TrialState}
+        self.best = best_value(self.study)
+        self._refresh()
+
+    def _progress_text(self, trial: FrozenTrial) -> str:
+        p = trial.user_attrs.get("progress")
+        where = f"fold {p['fold'] + 1} epoch {p['epoch'] + 1}  val F1 {p['f1']:.4f}" if p else "starting"
+        return f"{where}  [{trial.user_attrs.get('worker', '?')}]"
+
+    def _print(self, trial: FrozenTrial) -> None:
+        self.printed.add(trial.number)
+        self.console.print(trial_line(trial), soft_wrap=True, highlight=False, markup=False)
 
     def _refresh(self) -> None:
         if self.live is not None:
@@ -80,26 +99,16 @@ class RunDisplay:
         done = self.counts[TrialState.COMPLETE] + self.counts[TrialState.PRUNED]
         best = f"{self.best:.4f}" if self.best is not None else "-"
         line = Text.assemble(
-            ("trials ", "bold"),
-            f"{done}/{self.budget}  ",
-            ("complete ", "green"),
-            f"{self.counts[TrialState.COMPLETE]}  ",
-            ("pruned ", "yellow"),
-            f"{self.counts[TrialState.PRUNED]}  ",
-            ("failed ", "red"),
-            f"{self.counts[TrialState.FAIL]}  ",
-            ("best macro F1 ", "bold"),
-            best,
+            ("trials ", "bold"), f"{done}/{self.budget}  ",
+            ("complete ", "green"), f"{self.counts[TrialState.COMPLETE]}  ",
+            ("pruned ", "yellow"), f"{self.counts[TrialState.PRUNED]}  ",
+            ("failed ", "red"), f"{self.counts[TrialState.FAIL]}  ",
+            ("running ", "cyan"), f"{self.counts[TrialState.RUNNING]}  ",
+            ("best macro F1 ", "bold"), best,
             f"  elapsed {time.monotonic() - self.started:.0f}s",
         )
-        if self.event is None:
-            return Group(line)
-        r = self.event.result
-        running = Text(
-            f"trial {self.event.trial}: fold {r.fold + 1}/{self.event.folds} epoch {r.epoch + 1}"
-            f"  val F1 {r.macro_f1:.4f}  loss {r.train_loss:.3f}  {r.images_per_second:.0f} img/s"
-        )
-        return Group(line, running)
+        rows = [Text(f"trial {n}: {text}") for n, text in sorted(self.running.items())]
+        return Group(line, *rows)
 
 
 def summary_table(study: optuna.Study, last: int = 25) -> Table:

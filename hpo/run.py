@@ -1,44 +1,19 @@
-"""Running a study on this machine: the Python API behind ``hpo run``."""
+"""Running a study: the Python API behind `hpo run` and `hpo worker`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-import numpy as np
 import optuna
-from optuna.trial import TrialState
 from rich.console import Console
 
 from hpo.config import StudySpec
-from hpo.data.folds import make_fold_plan
-from hpo.data.formats import load_table
-from hpo.data.table import ImageTable
-from hpo.objective import Objective, pick_device
-from hpo.progress import RunDisplay, count_states
-from hpo.space import candidates
-from hpo.storage import open_storage, open_study, redact, resolve_url
-from hpo.train.models import create_model
-
-# Trials that count towards the budget: a FAIL is a crash, retried rather than counted.
-COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-def check_pretrained(spec: StudySpec) -> None:
-    """Load every backbone's pretrained weights once before any trial: a machine without them
-    (offline, empty cache) fails here with one clear error, not in every trial."""
-    wanted = [value for value in candidates(spec.search.pretrained) if value]
-    for backbone in candidates(spec.search.backbone) if wanted else []:
-        for pretrained in wanted:
-            create_model(backbone, pretrained, num_classes=2)
-
-
-def prepare(spec: StudySpec) -> tuple[ImageTable, np.ndarray]:
-    """Everything that can fail on bad input, done before any storage is touched: the data
-    read, the fold plan computed, pretrained weights found."""
-    table = load_table(spec.data.format, spec.data.options)
-    plan = make_fold_plan(table, spec.cv.folds, spec.cv.seed)
-    check_pretrained(spec)
-    return table, plan
+from hpo.objective import pick_device
+from hpo.progress import FINISHED, RunDisplay
+from hpo.storage import redact
+from hpo.study import COUNTED, connect, count_states
+from hpo.workers import Pool, Worker, plan_slots
 
 
 @dataclass(frozen=True)
@@ -48,6 +23,10 @@ class RunResult:
     ran: int  # trials finished by this call
 
 
+def _finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
 def run_study(
     spec: StudySpec,
     storage: str | None = None,
@@ -55,37 +34,42 @@ def run_study(
     timeout: float | None = None,
     console: Console | None = None,
     live: bool = True,
+    workers: int | None = None,
+    gpus: list[str] | None = None,
+    trials_per_gpu: int = 1,
+    study_file: Path | None = None,
+    overrides: list[str] | None = None,
 ) -> RunResult:
     """Run ``spec`` until the study holds its total budget of trials (``n_trials`` overrides the
-    study file's ``budget.n_trials``) or ``timeout`` seconds pass.
+    study file's ``budget.n_trials``) or ``timeout`` seconds pass; running again resumes.
 
-    Everything is validated (see :func:`prepare`) before the storage is touched. Running again
-    resumes the same study.
+    With one worker (the default) trials run in this process. With ``workers`` > 1, ``gpus`` or
+    ``trials_per_gpu`` > 1, worker processes run them (`hpo worker`, which needs ``study_file``
+    and the ``overrides`` applied to it). Input is validated before the storage is touched.
     """
     console = console or Console(stderr=True)
-    table, plan = prepare(spec)
-    url = resolve_url(storage, spec)
-    study, plan = open_study(spec, open_storage(url), table, plan)
+    handle = connect(spec, storage)
     budget = n_trials or spec.budget.n_trials
-    counts = count_states(study)
-    remaining = budget - sum(counts[s] for s in COUNTED)
-    device = pick_device()
+    timeout = timeout if timeout is not None else spec.budget.timeout
+    done = sum(count_states(handle.study)[s] for s in COUNTED)
     console.print(
-        f"study [bold]{spec.name}[/] on {redact(url)}: {len(table)} images, {table.num_classes}"
-        f" classes, {spec.cv.folds} folds, device {device}; {budget - remaining}/{budget} trials done",
+        f"study [bold]{spec.name}[/] on {redact(handle.url)}: {len(handle.table)} images,"
+        f" {handle.table.num_classes} classes, {spec.cv.folds} folds; {done}/{budget} trials done",
         soft_wrap=True,
     )
-    if remaining <= 0:
+    if done >= budget:
         console.print("budget reached; nothing to run (raise --n-trials to continue)")
-        return RunResult(study, url, 0)
-    before = len(study.trials)
-    with RunDisplay(study, budget, console, live=live) as display:
-        objective = Objective(spec, table, plan, device, on_epoch=display.on_epoch)
-        study.optimize(
-            objective,
-            n_trials=remaining,
-            timeout=timeout if timeout is not None else spec.budget.timeout,
-            callbacks=[display.on_trial_end],
-            gc_after_trial=True,
-        )
-    return RunResult(study, url, len(study.trials) - before)
+        return RunResult(handle.study, handle.url, 0)
+    before = _finished(handle.study)
+    pooled = (workers or 1) > 1 or gpus is not None or trials_per_gpu > 1
+    if pooled:
+        if study_file is None:
+            raise ValueError("worker processes need the study file: pass study_file")
+        slots = plan_slots(workers, gpus, trials_per_gpu)
+        Pool(handle, study_file, list(overrides or []), slots, budget, timeout, console, live).run()
+    else:
+        device = pick_device()
+        console.print(f"one worker on {device}")
+        with RunDisplay(handle.study, budget, console, live) as display:
+            Worker(handle, budget, timeout, device, display.on_epoch, display.on_trial_end).run()
+    return RunResult(handle.study, handle.url, _finished(handle.study) - before)

@@ -1,0 +1,65 @@
+"""`hpo status`: what a study holds and who is working on it, read from its storage."""
+
+from __future__ import annotations
+
+import time
+from datetime import timezone
+
+import optuna
+from optuna.trial import TrialState
+from rich.table import Table
+from rich.text import Text
+
+from hpo.config import StudySpec
+from hpo.errors import StorageError
+from hpo.storage import open_storage, redact, resolve_url
+from hpo.study import COUNTED, best_value
+from hpo.workers.loop import WORKER_ATTR_PREFIX
+
+
+def load_existing(spec: StudySpec, url: str | None) -> optuna.Study:
+    url = resolve_url(url, spec)
+    try:
+        return optuna.load_study(study_name=spec.name, storage=open_storage(url))
+    except KeyError:
+        raise StorageError(f"no study {spec.name!r} in {redact(url)}; start it with hpo run") from None
+
+
+def study_status(spec: StudySpec, url: str | None = None) -> list[object]:
+    study = load_existing(spec, url)
+    trials = study.get_trials(deepcopy=False)
+    counts = {state: sum(t.state == state for t in trials) for state in TrialState}
+    done = sum(counts[s] for s in COUNTED)
+    best = best_value(study)
+    head = Text(f"study {spec.name}: {done}/{spec.budget.n_trials} trials done; "
+                + ", ".join(f"{s.name.lower()} {n}" for s, n in counts.items() if n)
+                + (f"; best macro F1 {best:.4f} (trial {study.best_trial.number})" if best is not None else ""))
+
+    running = Table(title="running trials")
+    for column in ("#", "worker", "fold", "epoch", "val F1", "running for"):
+        running.add_column(column)
+    now = time.time()
+    for t in trials:
+        if t.state == TrialState.RUNNING:
+            p = t.user_attrs.get("progress", {})
+            start = t.datetime_start
+            if start is not None and start.tzinfo is None:
+                start = start.replace(tzinfo=timezone.utc)  # Optuna 5 stores UTC
+            since = now - start.timestamp() if start else 0
+            running.add_row(str(t.number), str(t.user_attrs.get("worker", "?")), str(p.get("fold", "-")),
+                            str(p.get("epoch", "-")), str(p.get("f1", "-")), f"{since:.0f}s")
+
+    workers = Table(title="workers")
+    for column in ("worker", "device", "state", "trial", "last seen"):
+        workers.add_column(column)
+    stale_after = 3 * spec.workers.heartbeat_interval
+    for key, info in sorted(study.user_attrs.items()):
+        if not key.startswith(WORKER_ATTR_PREFIX):
+            continue
+        age = now - info["last_seen"]
+        state = "finished" if info.get("finished") else ("live" if age < stale_after else "lost")
+        if state == "finished" and age > 3600:
+            continue  # old history: keep the table short
+        workers.add_row(key.removeprefix(WORKER_ATTR_PREFIX), info.get("device", "?"), state,
+                        str(info.get("trial") if info.get("trial") is not None else "-"), f"{age:.0f}s ago")
+    return [head, running, workers]

@@ -1,0 +1,96 @@
+"""A study ready for trials: input validated, storage opened, study created once with its fold
+plan, seed trials enqueued. Shared by `hpo run`, `hpo worker`, `hpo enqueue` and `hpo status`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from hpo.config import StudySpec
+from hpo.data.folds import make_fold_plan
+from hpo.data.formats import load_table
+from hpo.data.table import ImageTable
+from hpo.errors import ConfigError
+from hpo.space import candidates, param_names
+from hpo.storage import open_storage, open_study, resolve_url, study_lock
+from hpo.train.models import create_model
+
+# Trials that count towards the budget. A FAIL (a crash, or a worker that died) does not: it is
+# retried or replaced, so the study still ends with its full budget of results.
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def check_pretrained(spec: StudySpec) -> None:
+    """Load every backbone's pretrained weights once before any trial: a machine without them
+    (offline, empty cache) fails here with one clear error, not in every trial."""
+    wanted = [value for value in candidates(spec.search.pretrained) if value]
+    for backbone in candidates(spec.search.backbone) if wanted else []:
+        for pretrained in wanted:
+            create_model(backbone, pretrained, num_classes=2)
+
+
+def prepare(spec: StudySpec) -> tuple[ImageTable, np.ndarray]:
+    """Everything that can fail on bad input, done before any storage is touched: the data
+    read, the fold plan computed, pretrained weights found."""
+    table = load_table(spec.data.format, spec.data.options)
+    plan = make_fold_plan(table, spec.cv.folds, spec.cv.seed)
+    check_pretrained(spec)
+    return table, plan
+
+
+@dataclass
+class StudyHandle:
+    spec: StudySpec
+    url: str
+    storage: optuna.storages.RDBStorage
+    study: optuna.Study
+    table: ImageTable
+    plan: np.ndarray
+
+    def lock(self):  # noqa: ANN201 - a context manager
+        return study_lock(self.url, self.spec.name)
+
+
+def connect(spec: StudySpec, url: str | None = None) -> StudyHandle:
+    """Validate, open the storage (with heartbeats), and create or load the study. Safe when
+    many processes start at once: creation and seeding happen under the study lock."""
+    table, plan = prepare(spec)
+    url = resolve_url(url, spec)
+    w = spec.workers
+    storage = open_storage(url, w.heartbeat_interval, w.grace_period, w.max_retry)
+    with study_lock(url, spec.name):
+        study, plan = open_study(spec, storage, table, plan)
+        for params in spec.seed_trials:
+            study.enqueue_trial(params, skip_if_exists=True)
+    return StudyHandle(spec, url, storage, study, table, plan)
+
+
+def enqueue(handle: StudyHandle, trials: list[dict[str, Any]]) -> int:
+    """Put known configurations first; a configuration already in the study is skipped, even
+    when several processes enqueue at once. Returns how many were added."""
+    known = param_names(handle.spec.search)
+    for i, params in enumerate(trials):
+        unknown = set(params) - known
+        if unknown:
+            raise ConfigError(f"trial {i}: unknown parameter(s) {sorted(unknown)}; searched parameters: {', '.join(sorted(known))}")
+    with handle.lock():
+        before = len(handle.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        for params in trials:
+            handle.study.enqueue_trial(params, skip_if_exists=True)
+        return len(handle.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - before
+
+
+def count_states(study: optuna.Study) -> dict[TrialState, int]:
+    trials = study.get_trials(deepcopy=False)
+    return {state: sum(t.state == state for t in trials) for state in TrialState}
+
+
+def best_value(study: optuna.Study) -> float | None:
+    try:
+        return study.best_value
+    except ValueError:  # no complete trial yet
+        return None

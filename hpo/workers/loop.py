@@ -1,0 +1,174 @@
+"""The worker loop: claim a trial of the study's budget, train it under a heartbeat, tell the
+result; until the budget is reached. `hpo run` runs it in-process or in N worker processes,
+`hpo worker` joins a study from any machine with the same loop.
+
+Budget: trials are claimed under the study lock, counting COMPLETE + PRUNED + RUNNING ones, so N
+workers together run exactly ``budget`` trials. When the remaining budget is held by RUNNING
+trials, a worker waits instead of leaving: if one of them was orphaned (its worker killed), the
+sweeper fails it after the grace period and re-enqueues it, and a waiting worker runs the retry.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import signal
+import socket
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo.errors import HpoError
+from hpo.objective import EpochEvent, Objective, pick_device
+from hpo.study import COUNTED, StudyHandle, count_states
+from hpo.workers.heartbeat import heartbeat, sweeper
+
+log = logging.getLogger(__name__)
+
+# Exit codes of `hpo worker`, read by the pool: 2 and 0 end a slot, the others restart it.
+EXIT_DONE, EXIT_INPUT, EXIT_DEVICE, EXIT_STOPPED = 0, 2, 3, 130
+WORKER_ATTR_PREFIX = "worker:"
+
+
+class WorkerStopping(BaseException):
+    """SIGTERM: the running trial is failed and re-enqueued, then the worker exits."""
+
+
+class DeviceError(Exception):
+    """A CUDA error other than out-of-memory: the device may be unusable; the process exits
+    so that its supervisor starts a fresh one."""
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def is_device_failure(error: BaseException) -> bool:
+    accelerator_error = getattr(torch, "AcceleratorError", ())
+    return isinstance(error, accelerator_error) or (
+        isinstance(error, RuntimeError) and "CUDA error" in str(error)
+    )
+
+
+def raise_on_sigterm() -> None:
+    """Turn SIGTERM into WorkerStopping in the main thread (as Ctrl-C is KeyboardInterrupt)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise WorkerStopping()
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+@dataclass
+class Worker:
+    handle: StudyHandle
+    budget: int
+    timeout: float | None = None
+    device: torch.device = field(default_factory=pick_device)
+    on_epoch: Callable[[EpochEvent], None] | None = None
+    on_trial_end: Callable[[FrozenTrial], None] | None = None
+    name: str = field(default_factory=worker_name)
+    poll_seconds: float = 2.0
+    ran: int = 0
+    current: int | None = None  # the running trial's number
+
+    def run(self) -> int:
+        """Run trials until the budget is reached or the timeout passes; returns how many ran."""
+        spec, study = self.handle.spec, self.handle.study
+        objective = Objective(spec, self.handle.table, self.handle.plan, self.device, self.on_epoch)
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        interval = spec.workers.heartbeat_interval
+        self._register()
+        with sweeper(study, interval, also=self._register):
+            while deadline is None or time.monotonic() < deadline:
+                claimed = self._claim()
+                if claimed is None:
+                    break
+                if claimed == "wait":
+                    time.sleep(self.poll_seconds)
+                    continue
+                self._run_trial(objective, claimed)
+        self._unregister()
+        return self.ran
+
+    def _claim(self) -> optuna.Trial | str | None:
+        with self.handle.lock():
+            counts = count_states(self.handle.study)
+            done = sum(counts[s] for s in COUNTED)
+            if done >= self.budget:
+                return None
+            if done + counts[TrialState.RUNNING] >= self.budget:
+                return "wait"
+            with warnings.catch_warnings():
+                # Optuna warns that its heartbeat expects Study.optimize; ours runs around ask/tell.
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                trial = self.handle.study.ask()
+            # A heartbeat from the start: a trial without one is never detected as stale.
+            self.handle.storage.record_heartbeat(trial._trial_id)
+            return trial
+
+    def _run_trial(self, objective: Objective, trial: optuna.Trial) -> None:
+        study, storage = self.handle.study, self.handle.storage
+        self.current = trial.number
+        self._register()
+        trial.set_user_attr("worker", self.name)
+        value, state = None, TrialState.FAIL
+        try:
+            with heartbeat(storage, trial._trial_id, self.handle.spec.workers.heartbeat_interval):
+                try:
+                    value, state = objective(trial), TrialState.COMPLETE
+                except optuna.TrialPruned:
+                    state = TrialState.PRUNED
+                except (WorkerStopping, KeyboardInterrupt):
+                    self._finish(trial, None, TrialState.FAIL, "worker stopped")
+                    study.enqueue_trial(trial.params, user_attrs={"requeued_from": trial.number})
+                    raise
+                except HpoError as e:
+                    self._finish(trial, None, TrialState.FAIL, str(e))
+                    raise
+                except Exception as e:
+                    if is_device_failure(e):
+                        self._finish(trial, None, TrialState.FAIL, f"device failure: {e}")
+                        raise DeviceError(str(e)) from e
+                    log.exception("trial %d failed", trial.number)
+                    trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}")
+        finally:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # a long-lived worker must not grow trial by trial
+            self.current = None
+        self._finish(trial, value, state)
+
+    def _finish(self, trial: optuna.Trial, value: float | None, state: TrialState, reason: str = "") -> None:
+        if reason:
+            trial.set_user_attr("fail_reason", reason)
+        frozen = self.handle.study.tell(trial, value, state=state, skip_if_finished=True)
+        if frozen.state != state:
+            # The sweeper saw no heartbeat for a grace period (a long pause, a database outage)
+            # and failed this trial; its retry runs elsewhere. Log and carry on.
+            log.warning("trial %d was already %s (stale heartbeat); its %s result is dropped",
+                        trial.number, frozen.state.name, state.name)
+        self.ran += 1
+        if self.on_trial_end is not None:
+            self.on_trial_end(frozen)
+
+    def _register(self) -> None:
+        """Announce this worker in the study (for `hpo status`): last seen, device, trial."""
+        self.handle.study.set_user_attr(
+            WORKER_ATTR_PREFIX + self.name,
+            {"last_seen": time.time(), "device": str(self.device), "trial": self.current,
+             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")},
+        )
+
+    def _unregister(self) -> None:
+        self.handle.study.set_user_attr(
+            WORKER_ATTR_PREFIX + self.name,
+            {"last_seen": time.time(), "device": str(self.device), "trial": None, "finished": True},
+        )
