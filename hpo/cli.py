@@ -122,6 +122,9 @@ def worker(
         torch.set_num_threads(int(threads))
     spec = _spec(study, set_ or [], storage)
     handle = connect(spec, storage)
+    # Workers start with the same sampler seed; without a reseed they would propose the same
+    # parameters in lockstep (Optuna does the same for its threads).
+    handle.study.sampler.reseed_rng()
     device = pick_device()
     console.print(f"worker on {device} joined study {spec.name}", soft_wrap=True)
     done = Worker(handle, n_trials or spec.budget.n_trials, _seconds(timeout) or spec.budget.timeout,

@@ -11,9 +11,10 @@ from rich.console import Console
 from hpo.config import StudySpec
 from hpo.objective import pick_device
 from hpo.progress import FINISHED, RunDisplay
-from hpo.storage import redact
+from hpo.storage import redact, resolve_url
 from hpo.study import COUNTED, connect, count_states
 from hpo.workers import Pool, Worker, plan_slots
+from hpo.workers.pool import check_pool_storage
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ def run_study(
     and the ``overrides`` applied to it). Input is validated before the storage is touched.
     """
     console = console or Console(stderr=True)
+    pooled = (workers or 1) > 1 or gpus is not None or trials_per_gpu > 1
+    slots = plan_slots(workers, gpus, trials_per_gpu) if pooled else []
+    check_pool_storage(resolve_url(storage, spec), len(slots))  # before anything is written
     handle = connect(spec, storage)
     budget = n_trials or spec.budget.n_trials
     timeout = timeout if timeout is not None else spec.budget.timeout
@@ -61,11 +65,9 @@ def run_study(
         console.print("budget reached; nothing to run (raise --n-trials to continue)")
         return RunResult(handle.study, handle.url, 0)
     before = _finished(handle.study)
-    pooled = (workers or 1) > 1 or gpus is not None or trials_per_gpu > 1
     if pooled:
         if study_file is None:
             raise ValueError("worker processes need the study file: pass study_file")
-        slots = plan_slots(workers, gpus, trials_per_gpu)
         Pool(handle, study_file, list(overrides or []), slots, budget, timeout, console, live).run()
     else:
         device = pick_device()

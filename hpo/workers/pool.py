@@ -51,6 +51,14 @@ def plan_slots(workers: int | None, gpus: list[str] | None, trials_per_gpu: int)
     return [Slot(i, None, max(1, cores // n)) for i in range(n)]
 
 
+def check_pool_storage(url: str, workers: int) -> None:
+    if is_sqlite(url) and workers > SQLITE_MAX_WORKERS:
+        raise ConfigError(
+            f"{workers} workers on one SQLite file: SQLite holds up to {SQLITE_MAX_WORKERS};"
+            " use PostgreSQL for more (--storage postgresql+psycopg://user@host/db)"
+        )
+
+
 @dataclass
 class _Process:
     slot: Slot
@@ -63,11 +71,7 @@ class _Process:
 class Pool:
     def __init__(self, handle: StudyHandle, study_file: Path, overrides: list[str], slots: list[Slot],
                  budget: int, timeout: float | None, console: Console, live: bool) -> None:
-        if is_sqlite(handle.url) and len(slots) > SQLITE_MAX_WORKERS:
-            raise ConfigError(
-                f"{len(slots)} workers on one SQLite file: SQLite holds up to {SQLITE_MAX_WORKERS};"
-                " use PostgreSQL for more (--storage postgresql+psycopg://user@host/db)"
-            )
+        check_pool_storage(handle.url, len(slots))
         self.handle, self.study_file, self.overrides = handle, study_file, overrides
         self.slots, self.budget, self.console, self.live = slots, budget, console, live
         self.deadline = None if timeout is None else time.monotonic() + timeout

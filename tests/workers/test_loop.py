@@ -1,0 +1,86 @@
+"""The worker loop in-process: OOM, seed trials, enqueue, storage retries."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from optuna.trial import TrialState
+from sqlalchemy.exc import OperationalError
+
+from hpo import objective
+from hpo.config import parse_spec
+from hpo.run import run_study
+from hpo.storage import retrying
+from hpo.study import connect, enqueue
+from tests.conftest import tiny_study
+
+
+def test_out_of_memory_is_pruned_and_the_worker_goes_on(image_root, tmp_path, monkeypatch):
+    real_fit = objective.fit_fold
+    calls = []
+
+    def fit_or_oom(cfg, *args, **kwargs):
+        calls.append(cfg.lr)
+        if len(calls) == 1:
+            torch.zeros(1)  # something allocated, then the classic failure
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_fit(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(objective, "fit_fold", fit_or_oom)
+    spec = parse_spec(tiny_study(image_root, tmp_path, budget__n_trials=2))
+    result = run_study(spec, f"sqlite:///{tmp_path / 's.db'}", live=False)
+    first, second = result.study.trials
+    assert first.state == TrialState.PRUNED
+    assert first.user_attrs["prune_reason"] == (
+        f"out of memory: backbone test_resnet, batch_size 16, image_size 16 on cpu")
+    assert second.state == TrialState.COMPLETE  # the same worker carried on
+
+
+def test_seed_trials_run_first_and_once(image_root, tmp_path):
+    seeds = [{"lr": 0.005, "loss": "focal"}, {"lr": 0.002, "loss": "cross_entropy"}]
+    spec = parse_spec(tiny_study(image_root, tmp_path, budget__n_trials=3, seed_trials=seeds))
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    connect(spec, url)  # a second start must not enqueue them twice
+    result = run_study(spec, url, live=False)
+    params = [t.params for t in result.study.trials]
+    assert params[:2] == seeds and len(params) == 3
+
+
+def test_seed_trials_with_unknown_parameters_are_refused(image_root, tmp_path):
+    with pytest.raises(Exception, match=r"seed_trials\[0\]: unknown parameter\(s\) \['momentum'\]"):
+        parse_spec(tiny_study(image_root, tmp_path, seed_trials=[{"momentum": 0.9}]))
+
+
+def test_enqueue_skips_duplicates(image_root, tmp_path):
+    spec = parse_spec(tiny_study(image_root, tmp_path))
+    handle = connect(spec, f"sqlite:///{tmp_path / 's.db'}")
+    trials = [{"lr": 0.004, "loss": "focal"}, {"lr": 0.004, "loss": "focal"}, {"lr": 0.001, "loss": "focal"}]
+    assert enqueue(handle, trials) == 2
+    assert enqueue(handle, trials) == 0
+    assert len(handle.study.trials) == 2
+
+
+def test_transient_storage_errors_are_retried():
+    attempts = []
+
+    def flaky():
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+        return "ok"
+
+    assert retrying(flaky, "test", seconds=10)() == "ok" and len(attempts) == 3
+
+
+def test_other_storage_errors_are_not_retried():
+    from sqlalchemy.exc import IntegrityError
+
+    attempts = []
+
+    def broken():
+        attempts.append(1)
+        raise IntegrityError("INSERT", {}, Exception("duplicate key"))
+
+    with pytest.raises(IntegrityError):
+        retrying(broken, "test", seconds=10)()
+    assert len(attempts) == 1

@@ -1,0 +1,116 @@
+"""Many worker processes on one study: exact budget, no lost trial, crashes survived."""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from tests.workers.conftest import kill, load, start, wait_for, worker_study
+
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def name_of(path) -> str:
+    return yaml.safe_load(path.read_text())["name"]
+
+
+def assert_budget_exact(study: optuna.Study, budget: int) -> None:
+    trials = study.get_trials(deepcopy=False)
+    assert sum(t.state in COUNTED for t in trials) == budget
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert len({t.number for t in trials}) == len(trials)
+
+
+@pytest.mark.slow
+def test_eight_workers_finish_exactly_the_budget(image_root, tmp_path, storage_url):
+    path = worker_study(image_root, tmp_path, n_trials=40)
+    run = start("run", "--study", str(path), "--workers", "8", cwd=tmp_path, storage=storage_url)
+    out, err = run.communicate(timeout=400)
+    assert run.returncode == 0, err[-3000:]
+    study = load(name_of(path), storage_url)
+    assert_budget_exact(study, 40)
+    assert not [t for t in study.trials if t.state == TrialState.FAIL], "a trial was failed by the storage"
+    assert len({t.user_attrs["worker"] for t in study.trials}) > 1  # the work was shared
+    assert "started 8 workers" in err
+
+
+@pytest.mark.slow
+def test_killed_worker_trial_fails_and_is_retried(image_root, tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    path = worker_study(image_root, tmp_path, n_trials=4, max_epochs=40)  # trials of ~10 s
+    run = start("run", "--study", str(path), "--workers", "2", cwd=tmp_path, storage=url)
+    name = name_of(path)
+    study = wait_for(lambda: _try_load(name, url), 120, "the study")
+    victim = wait_for(lambda: next((t for t in study.get_trials(states=(TrialState.RUNNING,))
+                                    if "progress" in t.user_attrs), None), 120, "a running trial")
+    kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]))
+    killed_at = time.monotonic()
+    failed = wait_for(lambda: study.get_trials(states=(TrialState.FAIL,)), 60, "the stale trial to fail")
+    assert time.monotonic() - killed_at < 6 + 10  # grace period + sweep interval + slack
+    assert [t.number for t in failed] == [victim.number]
+    out, err = run.communicate(timeout=400)
+    assert run.returncode == 0, err[-3000:]
+    assert "exited (-9): restarting" in err
+    study = load(name, url)
+    assert_budget_exact(study, 4)
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retries) == 1 and retries[0].params == victim.params
+    assert retries[0].state in COUNTED
+
+
+@pytest.mark.slow
+def test_zombies_of_killed_workers_are_retried_on_restart(image_root, tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    path = worker_study(image_root, tmp_path, n_trials=3, max_epochs=40)
+    workers = [start("worker", "--study", str(path), cwd=tmp_path, storage=url) for _ in range(2)]
+    name = name_of(path)
+    study = wait_for(lambda: _try_load(name, url), 120, "the study")
+    wait_for(lambda: len(study.get_trials(states=(TrialState.RUNNING,))) == 2, 120, "two running trials")
+    for w in workers:
+        kill(w.pid)
+        w.wait()
+    zombies = study.get_trials(states=(TrialState.RUNNING,))
+    assert len(zombies) == 2
+    again = start("run", "--study", str(path), cwd=tmp_path, storage=url)
+    out, err = again.communicate(timeout=400)
+    assert again.returncode == 0, err[-3000:]
+    study = load(name, url)
+    assert_budget_exact(study, 3)
+    assert {t.number for t in study.trials if t.state == TrialState.FAIL} == {z.number for z in zombies}
+    retried = {t.system_attrs.get("failed_trial") for t in study.trials}
+    assert {z.number for z in zombies} <= retried
+
+
+@pytest.mark.slow
+def test_two_workers_starting_together_create_one_study(image_root, tmp_path, storage_url):
+    path = worker_study(image_root, tmp_path, n_trials=4)
+    workers = [start("worker", "--study", str(path), cwd=tmp_path, storage=storage_url) for _ in range(2)]
+    for w in workers:
+        _, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err[-3000:]
+    name = name_of(path)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage_url)]
+    assert names.count(name) == 1
+    study = load(name, storage_url)
+    assert len(study.user_attrs["fold_plan"]) == 120
+    assert_budget_exact(study, 4)
+
+
+def test_sqlite_refuses_more_workers_than_it_holds(study_file, tmp_path):
+    run = start("run", "--study", str(study_file), "--workers", "17", cwd=tmp_path,
+                storage=f"sqlite:///{tmp_path / 'never.db'}")
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 2
+    assert "SQLite holds up to 16; use PostgreSQL" in err
+    assert not (tmp_path / "never.db").exists()
+
+
+def _try_load(name: str, url: str):
+    try:
+        return optuna.load_study(study_name=name, storage=url)
+    except Exception:  # not created yet (or tables being created right now)
+        return None
