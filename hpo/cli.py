@@ -162,6 +162,26 @@ def enqueue(
 
 @app.command()
 @user_errors
+def dashboard(
+    study: StudyOpt,
+    storage: StorageOpt = None,
+    host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 exposes it to the network")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port")] = 8080,
+    set_: SetOpt = None,
+) -> None:
+    """Serve optuna-dashboard on the study's storage."""
+    import optuna_dashboard
+
+    from hpo.status import load_existing
+
+    spec = _spec(study, set_ or [], storage)
+    existing = load_existing(spec, storage)  # fails clearly when there is no such study
+    console.print(f"dashboard for study {spec.name}: http://{host}:{port}/", soft_wrap=True)
+    optuna_dashboard.run_server(existing._storage, host=host, port=port)
+
+
+@app.command()
+@user_errors
 def validate(study: StudyOpt, set_: SetOpt = None) -> None:
     """Check a study file and its data without touching any storage."""
     from hpo.config import load_spec

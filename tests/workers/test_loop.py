@@ -32,7 +32,7 @@ def test_out_of_memory_is_pruned_and_the_worker_goes_on(image_root, tmp_path, mo
     first, second = result.study.trials
     assert first.state == TrialState.PRUNED
     assert first.user_attrs["prune_reason"] == (
-        f"out of memory: backbone test_resnet, batch_size 16, image_size 16 on cpu")
+        "out of memory: backbone test_resnet, batch_size 16, image_size 16 on cpu")
     assert second.state == TrialState.COMPLETE  # the same worker carried on
 
 

@@ -114,3 +114,32 @@ def _try_load(name: str, url: str):
         return optuna.load_study(study_name=name, storage=url)
     except Exception:  # not created yet (or tables being created right now)
         return None
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_postgres_restart_fails_no_healthy_trial(image_root, tmp_path):
+    import os
+    import shutil
+    import subprocess
+
+    from tests.workers.conftest import POSTGRES_URL
+
+    if not POSTGRES_URL:
+        pytest.skip("HPO_TEST_POSTGRES_URL is not set: no PostgreSQL to test against")
+    if not shutil.which("pg_ctlcluster") or os.geteuid() != 0 or not os.path.isdir("/etc/postgresql"):
+        pytest.skip("cannot restart the local PostgreSQL here (needs pg_ctlcluster as root)")
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    path = worker_study(image_root, tmp_path, n_trials=8, max_epochs=15)
+    run = start("run", "--study", str(path), "--workers", "2", cwd=tmp_path, storage=POSTGRES_URL)
+    name = name_of(path)
+    study = wait_for(lambda: _try_load(name, POSTGRES_URL), 120, "the study")
+    wait_for(lambda: any("progress" in t.user_attrs for t in study.get_trials(states=(TrialState.RUNNING,))),
+             120, "a running trial")
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+                   check=True, timeout=120)
+    _, err = run.communicate(timeout=500)
+    assert run.returncode == 0, err[-3000:]
+    study = load(name, POSTGRES_URL)
+    assert_budget_exact(study, 8)
+    assert not [t for t in study.trials if t.state == TrialState.FAIL]
