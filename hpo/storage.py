@@ -23,6 +23,7 @@ import os
 import random
 import sqlite3
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
@@ -173,7 +174,9 @@ def open_storage(
                          "pool_timeout": 60, "pool_recycle": 1800}
     callback = None
     if heartbeat_interval:
-        callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        with warnings.catch_warnings():  # experimental in Optuna 5; the behaviour we need
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
     try:
         storage = retrying(RetryingRDBStorage, "connect", seconds=10)(
             url,
