@@ -172,19 +172,19 @@ def open_storage(
         # Bounded: every worker holds at most 3 connections (trial loop, heartbeat, sweeper).
         engine_kwargs = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 1,
                          "pool_timeout": 60, "pool_recycle": 1800}
-    callback = None
-    if heartbeat_interval:
-        with warnings.catch_warnings():  # experimental in Optuna 5; the behaviour we need
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
     try:
-        storage = retrying(RetryingRDBStorage, "connect", seconds=10)(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=callback,
-        )
+        with warnings.catch_warnings():  # heartbeats are experimental in Optuna 5; we rely on them
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            callback = None
+            if heartbeat_interval:
+                callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+            storage = retrying(RetryingRDBStorage, "connect", seconds=10)(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=callback,
+            )
     except (SQLAlchemyError, StorageInternalError, ImportError, OSError) as e:
         cause = e.__cause__ or e
         reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]

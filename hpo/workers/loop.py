@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # Exit codes of `hpo worker`, read by the pool: 2 and 0 end a slot, the others restart it.
 EXIT_DONE, EXIT_INPUT, EXIT_DEVICE, EXIT_STOPPED = 0, 2, 3, 130
 WORKER_ATTR_PREFIX = "worker:"
+MAX_FAILURES_IN_A_ROW = 5
 
 
 class WorkerStopping(BaseException):
@@ -78,6 +79,7 @@ class Worker:
     poll_seconds: float = 2.0
     ran: int = 0
     current: int | None = None  # the running trial's number
+    failures_in_a_row: int = 0
 
     def run(self) -> int:
         """Run trials until the budget is reached or the timeout passes; returns how many ran."""
@@ -95,7 +97,7 @@ class Worker:
                     time.sleep(self.poll_seconds)
                     continue
                 self._run_trial(objective, claimed)
-        self._unregister()
+        self._register(finished=True)
         return self.ran
 
     def _claim(self) -> optuna.Trial | str | None:
@@ -119,7 +121,7 @@ class Worker:
         self.current = trial.number
         self._register()
         trial.set_user_attr("worker", self.name)
-        value, state = None, TrialState.FAIL
+        value, state, reason = None, TrialState.FAIL, ""
         try:
             with heartbeat(storage, trial._trial_id, self.handle.spec.workers.heartbeat_interval):
                 try:
@@ -138,17 +140,27 @@ class Worker:
                         self._finish(trial, None, TrialState.FAIL, f"device failure: {e}")
                         raise DeviceError(str(e)) from e
                     log.exception("trial %d failed", trial.number)
-                    trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}")
+                    self.failures_in_a_row += 1
+                    if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+                        # A bug, not bad luck: stop rather than fail every trial forever.
+                        self._finish(trial, None, TrialState.FAIL, f"{type(e).__name__}: {e}")
+                        raise
+                    reason = f"{type(e).__name__}: {e}"
         finally:
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()  # a long-lived worker must not grow trial by trial
             self.current = None
-        self._finish(trial, value, state)
+        if state != TrialState.FAIL:
+            self.failures_in_a_row = 0
+        self._finish(trial, value, state, reason)
 
     def _finish(self, trial: optuna.Trial, value: float | None, state: TrialState, reason: str = "") -> None:
         if reason:
-            trial.set_user_attr("fail_reason", reason)
+            try:
+                trial.set_user_attr("fail_reason", reason)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # already failed by the sweeper: reported below
         frozen = self.handle.study.tell(trial, value, state=state, skip_if_finished=True)
         if frozen.state != state:
             # The sweeper saw no heartbeat for a grace period (a long pause, a database outage)
@@ -159,16 +171,10 @@ class Worker:
         if self.on_trial_end is not None:
             self.on_trial_end(frozen)
 
-    def _register(self) -> None:
+    def _register(self, finished: bool = False) -> None:
         """Announce this worker in the study (for `hpo status`): last seen, device, trial."""
         self.handle.study.set_user_attr(
             WORKER_ATTR_PREFIX + self.name,
             {"last_seen": time.time(), "device": str(self.device), "trial": self.current,
-             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")},
-        )
-
-    def _unregister(self) -> None:
-        self.handle.study.set_user_attr(
-            WORKER_ATTR_PREFIX + self.name,
-            {"last_seen": time.time(), "device": str(self.device), "trial": None, "finished": True},
+             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "finished": finished},
         )

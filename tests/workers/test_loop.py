@@ -84,3 +84,18 @@ def test_other_storage_errors_are_not_retried():
     with pytest.raises(IntegrityError):
         retrying(broken, "test", seconds=10)()
     assert len(attempts) == 1
+
+
+def test_a_bug_in_every_trial_stops_the_worker(image_root, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(objective, "fit_fold", broken)
+    spec = parse_spec(tiny_study(image_root, tmp_path, budget__n_trials=20))
+    with pytest.raises(ZeroDivisionError):
+        run_study(spec, f"sqlite:///{tmp_path / 's.db'}", live=False)
+    from hpo.status import load_existing
+
+    trials = load_existing(spec, f"sqlite:///{tmp_path / 's.db'}").trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 5
+    assert all(t.user_attrs["fail_reason"] == "ZeroDivisionError: a bug" for t in trials)

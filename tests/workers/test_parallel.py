@@ -143,3 +143,41 @@ def test_postgres_restart_fails_no_healthy_trial(image_root, tmp_path):
     study = load(name, POSTGRES_URL)
     assert_budget_exact(study, 8)
     assert not [t for t in study.trials if t.state == TrialState.FAIL]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_workers_and_requeues_running_trials(image_root, tmp_path):
+    import signal
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    path = worker_study(image_root, tmp_path, n_trials=6, max_epochs=40)
+    run = start("run", "--study", str(path), "--workers", "2", cwd=tmp_path, storage=url)
+    name = name_of(path)
+    study = wait_for(lambda: _try_load(name, url), 120, "the study")
+    wait_for(lambda: any("progress" in t.user_attrs for t in study.get_trials(states=(TrialState.RUNNING,))),
+             120, "a running trial")
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err[-3000:]
+    study = load(name, url)
+    assert not study.get_trials(states=(TrialState.RUNNING,))  # never left RUNNING
+    stopped = study.get_trials(states=(TrialState.FAIL,))
+    assert stopped and all(t.user_attrs["fail_reason"] == "worker stopped" for t in stopped)
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert sorted(t.user_attrs["requeued_from"] for t in waiting) == sorted(t.number for t in stopped)
+    by_number = {t.number: t.params for t in stopped}
+    assert all(t.params == by_number[t.user_attrs["requeued_from"]] for t in waiting)
+
+
+def test_status_shows_states_best_and_workers(image_root, tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    path = worker_study(image_root, tmp_path, n_trials=2)
+    done = start("run", "--study", str(path), cwd=tmp_path, storage=url)
+    assert done.wait(timeout=300) == 0
+    status = start("status", "--study", str(path), cwd=tmp_path, storage=url)
+    out, err = status.communicate(timeout=120)
+    assert status.returncode == 0, err
+    study = load(name_of(path), url)
+    assert f"study {study.study_name}: 2/2 trials done" in out
+    assert f"best macro F1 {study.best_value:.4f} (trial {study.best_trial.number})" in out
+    assert "finished" in out  # the in-process worker registered and signed off
