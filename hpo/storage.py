@@ -36,7 +36,7 @@ from dotenv import load_dotenv
 from optuna.exceptions import StorageInternalError
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from hpo.config import StudySpec
@@ -46,7 +46,9 @@ from hpo.errors import DataError, StorageError
 log = logging.getLogger(__name__)
 ENV_STORAGE = "HPO_STORAGE"
 ATTR_PLAN, ATTR_FINGERPRINT, ATTR_CV, ATTR_SPEC = "fold_plan", "data_fingerprint", "cv", "spec"
-RETRY_SECONDS = 120.0  # how long a storage call keeps retrying a transient error
+RETRY_SECONDS = 120.0
+# What a storage call raises when the database itself fails (for callers that must carry on).
+STORAGE_FAILURES = (StorageInternalError, SQLAlchemyError)  # how long a storage call keeps retrying a transient error
 
 
 def resolve_url(url: str | None, spec: StudySpec | None = None) -> str:
@@ -78,7 +80,7 @@ def is_transient(error: BaseException) -> bool:
     failures, too many clients. Optuna wraps them in StorageInternalError."""
     while isinstance(error, StorageInternalError) and error.__cause__ is not None:
         error = error.__cause__
-    if isinstance(error, OperationalError):
+    if isinstance(error, (OperationalError, InterfaceError)):  # InterfaceError: connection closed
         return True
     return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
 
@@ -113,6 +115,8 @@ for _name in (
     "set_trial_user_attr", "set_trial_system_attr", "get_trial_id_from_study_id_trial_number",
     "get_trial", "get_all_trials", "get_best_trial", "get_trial_user_attrs",
     "get_trial_system_attrs", "record_heartbeat", "_get_stale_trial_ids",
+    # Optuna's cache layer calls these private methods of the backend directly.
+    "_create_new_trial", "_get_best_trial_id", "_get_trials", "_set_trial_param",
 ):
     setattr(RetryingRDBStorage, _name, retrying(getattr(optuna.storages.RDBStorage, _name), _name))
 

@@ -3,12 +3,14 @@ with CUDA_VISIBLE_DEVICES, restarted when they die, stopped cleanly on Ctrl-C / 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -19,10 +21,12 @@ from rich.console import Console
 
 from hpo.errors import ConfigError, HpoError
 from hpo.progress import RunDisplay
-from hpo.storage import ENV_STORAGE, is_sqlite
+from hpo.storage import ENV_STORAGE, STORAGE_FAILURES, is_sqlite
 from hpo.study import StudyHandle
 from hpo.workers.heartbeat import sweeper
 from hpo.workers.loop import EXIT_DONE, EXIT_INPUT
+
+log = logging.getLogger(__name__)
 
 # Measured: 16 processes on one SQLite file lose nothing with our settings; past that use a server.
 SQLITE_MAX_WORKERS = 16
@@ -91,9 +95,9 @@ class Pool:
                                    f" logs in {self.logs}", soft_wrap=True)
                 while not all(p.done for p in self.processes):
                     self._supervise()
-                    display.poll()
+                    _quietly(display.poll)
                     time.sleep(1.0)
-                display.poll()
+                _quietly(display.poll)
         except KeyboardInterrupt:
             self.stop()
             raise
@@ -163,6 +167,14 @@ def requeue_running(handle: StudyHandle, pids: set[int]) -> None:
         if trial.user_attrs.get("worker") in names:
             study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
             study.enqueue_trial(trial.params, user_attrs={"requeued_from": trial.number})
+
+
+def _quietly(refresh: Callable[[], None]) -> None:
+    """The display reads the storage; a database outage must not stop the supervision."""
+    try:
+        refresh()
+    except STORAGE_FAILURES as e:
+        log.warning("display not refreshed: %s", str(e).splitlines()[0])
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:

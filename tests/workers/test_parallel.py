@@ -166,7 +166,8 @@ def test_sigterm_stops_workers_and_requeues_running_trials(image_root, tmp_path)
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert sorted(t.user_attrs["requeued_from"] for t in waiting) == sorted(t.number for t in stopped)
     by_number = {t.number: t.params for t in stopped}
-    assert all(t.params == by_number[t.user_attrs["requeued_from"]] for t in waiting)
+    # A waiting trial holds its parameters as fixed_params until a worker runs it.
+    assert all(t.system_attrs["fixed_params"] == by_number[t.user_attrs["requeued_from"]] for t in waiting)
 
 
 def test_status_shows_states_best_and_workers(image_root, tmp_path):
