@@ -78,7 +78,7 @@ class RunDisplay:
         self.running = {
             t.number: self._progress_text(t) for t in trials if t.state == TrialState.RUNNING
         }
-        self.counts = {state: sum(t.state == state for t in trials) for state in TrialState}
+        self.counts = count_states(self.study, trials)
         self.best = best_value(self.study)
         self._refresh()
 

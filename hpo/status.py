@@ -13,7 +13,7 @@ from rich.text import Text
 from hpo.config import StudySpec
 from hpo.errors import StorageError
 from hpo.storage import open_storage, redact, resolve_url
-from hpo.study import COUNTED, best_value
+from hpo.study import COUNTED, best_value, count_states
 from hpo.workers.loop import WORKER_ATTR_PREFIX
 
 
@@ -28,7 +28,7 @@ def load_existing(spec: StudySpec, url: str | None) -> optuna.Study:
 def study_status(spec: StudySpec, url: str | None = None) -> list[object]:
     study = load_existing(spec, url)
     trials = study.get_trials(deepcopy=False)
-    counts = {state: sum(t.state == state for t in trials) for state in TrialState}
+    counts = count_states(study, trials)
     done = sum(counts[s] for s in COUNTED)
     best = best_value(study)
     head = Text(f"study {spec.name}: {done}/{spec.budget.n_trials} trials done; "

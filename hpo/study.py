@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import StudySpec
 from hpo.data.folds import make_fold_plan
@@ -84,8 +84,9 @@ def enqueue(handle: StudyHandle, trials: list[dict[str, Any]]) -> int:
         return len(handle.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - before
 
 
-def count_states(study: optuna.Study) -> dict[TrialState, int]:
-    trials = study.get_trials(deepcopy=False)
+def count_states(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> dict[TrialState, int]:
+    """Trials per state; pass ``trials`` when they were just read, to avoid reading them again."""
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
     return {state: sum(t.state == state for t in trials) for state in TrialState}
 
 

@@ -57,3 +57,20 @@ def storage_url(request, tmp_path) -> str:
 
 def load(name: str, url: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=url)
+
+
+def running_trial(name: str, url: str, timeout: float = 120):
+    """Wait until the study exists and one of its trials is RUNNING and has reported an epoch."""
+    import optuna
+    from optuna.trial import TrialState
+
+    def load_quietly():
+        try:
+            return optuna.load_study(study_name=name, storage=url)
+        except Exception:  # not created yet (or tables being created right now)
+            return None
+
+    study = wait_for(load_quietly, timeout, "the study")
+    trial = wait_for(lambda: next((t for t in study.get_trials(states=(TrialState.RUNNING,))
+                                   if "progress" in t.user_attrs), None), timeout, "a running trial")
+    return study, trial

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from tests.workers.conftest import kill, load, start, wait_for, worker_study
+from tests.workers.conftest import kill, load, running_trial, start, wait_for, worker_study
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -44,9 +44,7 @@ def test_killed_worker_trial_fails_and_is_retried(image_root, tmp_path):
     path = worker_study(image_root, tmp_path, n_trials=4, max_epochs=40)  # trials of ~10 s
     run = start("run", "--study", str(path), "--workers", "2", cwd=tmp_path, storage=url)
     name = name_of(path)
-    study = wait_for(lambda: _try_load(name, url), 120, "the study")
-    victim = wait_for(lambda: next((t for t in study.get_trials(states=(TrialState.RUNNING,))
-                                    if "progress" in t.user_attrs), None), 120, "a running trial")
+    study, victim = running_trial(name, url)
     kill(int(victim.user_attrs["worker"].rsplit(":", 1)[1]))
     killed_at = time.monotonic()
     failed = wait_for(lambda: study.get_trials(states=(TrialState.FAIL,)), 60, "the stale trial to fail")
@@ -133,9 +131,7 @@ def test_postgres_restart_fails_no_healthy_trial(image_root, tmp_path):
     path = worker_study(image_root, tmp_path, n_trials=8, max_epochs=15)
     run = start("run", "--study", str(path), "--workers", "2", cwd=tmp_path, storage=POSTGRES_URL)
     name = name_of(path)
-    study = wait_for(lambda: _try_load(name, POSTGRES_URL), 120, "the study")
-    wait_for(lambda: any("progress" in t.user_attrs for t in study.get_trials(states=(TrialState.RUNNING,))),
-             120, "a running trial")
+    running_trial(name, POSTGRES_URL)
     subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
                    check=True, timeout=120)
     _, err = run.communicate(timeout=500)
@@ -153,9 +149,7 @@ def test_sigterm_stops_workers_and_requeues_running_trials(image_root, tmp_path)
     path = worker_study(image_root, tmp_path, n_trials=6, max_epochs=40)
     run = start("run", "--study", str(path), "--workers", "2", cwd=tmp_path, storage=url)
     name = name_of(path)
-    study = wait_for(lambda: _try_load(name, url), 120, "the study")
-    wait_for(lambda: any("progress" in t.user_attrs for t in study.get_trials(states=(TrialState.RUNNING,))),
-             120, "a running trial")
+    running_trial(name, url)
     run.send_signal(signal.SIGTERM)
     _, err = run.communicate(timeout=120)
     assert run.returncode == 130, err[-3000:]
