@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 from rich.console import Console
 
@@ -169,15 +170,125 @@ def dashboard(
     port: Annotated[int, typer.Option(help="Port")] = 8080,
     set_: SetOpt = None,
 ) -> None:
-    """Serve optuna-dashboard on the study's storage."""
+    """Serve optuna-dashboard on the study's storage, with its artifact store (per-trial confusion
+    matrices, per-class tables, learning curves)."""
     import optuna_dashboard
 
+    from hpo.review.artifacts import artifact_location, open_artifact_store
     from hpo.status import load_existing
 
     spec = _spec(study, set_ or [], storage)
     existing = load_existing(spec, storage)  # fails clearly when there is no such study
-    console.print(f"dashboard for study {spec.name}: http://{host}:{port}/", soft_wrap=True)
-    optuna_dashboard.run_server(existing._storage, host=host, port=port)
+    location = artifact_location(spec)
+    console.print(f"dashboard for study {spec.name} (artifacts: {location}): http://{host}:{port}/", soft_wrap=True)
+    optuna_dashboard.run_server(existing._storage, host=host, port=port, artifact_store=open_artifact_store(location))
+
+
+@app.command()
+@user_errors
+def export(
+    study: StudyOpt,
+    output: Annotated[Path, typer.Option("--output", "-o", help="YAML file to write")] = Path("best.yaml"),
+    trial: Annotated[int | None, typer.Option(help="Export this trial number instead of the best")] = None,
+    top_k: Annotated[int, typer.Option(help="Export the k best complete trials (an ensemble)", min=1)] = 1,
+    storage: StorageOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Write the best trial(s) as a complete, re-runnable training config."""
+    from hpo.export import export_study, write_export
+    from hpo.status import load_existing
+
+    exported = export_study(load_existing(_spec(study, set_ or [], storage), storage), trial, top_k)
+    write_export(exported, output)
+    for t in exported.trials:
+        f1 = f"macro F1 {t.value:.4f} ± {t.f1_std or 0:.4f} folds {t.fold_f1}" if t.value is not None else t.state
+        console.print(f"trial {t.trial}: {f1}; {t.config.backbone}, lr {t.config.lr:.3g}, "
+                      f"loss {t.config.loss.name}, batch {t.config.batch_size}, size {t.config.image_size}",
+                      soft_wrap=True, highlight=False)
+    console.print(f"wrote {output}")
+
+
+@app.command()
+@user_errors
+def train(
+    config: Annotated[Path, typer.Option("--config", "-c", help="A file written by hpo export")],
+    out: Annotated[Path | None, typer.Option(help="Folder for the models (default: runs/<study>/final)")] = None,
+    mode: Annotated[str, typer.Option(help="folds: the K fold models (an ensemble); full: one model on all data")] = "folds",
+    set_: SetOpt = None,
+) -> None:
+    """Train the final model(s) of an export and save them with their config."""
+    from hpo.errors import ConfigError
+    from hpo.export import read_export
+    from hpo.final import train_final
+    from hpo.objective import pick_device
+
+    if mode not in ("folds", "full"):
+        raise ConfigError(f"--mode {mode!r}: use folds or full")
+    exported = read_export(config)
+    spec = exported.study_spec(set_ or [])
+    out = out or spec.outputs / "final"
+    device = pick_device()
+    console.print(f"training {len(exported.trials)} trial(s) of study {exported.study} ({mode}) on {device}")
+
+    def on_epoch(t, e) -> None:  # noqa: ANN001
+        f1 = "" if e.macro_f1 != e.macro_f1 else f" val F1 {e.macro_f1:.4f}"  # NaN: no validation
+        console.print(f"trial {t.trial} fold {e.fold} epoch {e.epoch}: loss {e.train_loss:.4f}{f1}", highlight=False)
+
+    result = train_final(exported, out, mode, device, set_ or [], on_epoch)
+    for t in exported.trials:
+        again = result.cv_f1(t.trial)
+        if again:
+            console.print(f"trial {t.trial}: cross-validated macro F1 {np.mean(again):.4f} (folds {again});"
+                          f" the study measured {t.value:.4f} (folds {t.fold_f1})", highlight=False, soft_wrap=True)
+    console.print(f"saved {len(result.models)} model(s) in {result.out}")
+
+
+@app.command()
+@user_errors
+def predict(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Folder written by hpo train")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Folder of images, or an eval folder with info.csv and images/")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Submission CSV to write")] = Path("submission.csv"),
+    tta: Annotated[bool, typer.Option(help="Average with horizontally flipped images")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per batch", min=1)] = 64,
+    class_names: Annotated[bool, typer.Option(help="Write class names instead of class indices")] = False,
+) -> None:
+    """Predict with the saved model(s) (soft vote) and write the submission CSV."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from hpo.objective import pick_device
+    from hpo.predict import find_inputs, load_models, predict_probabilities, write_submission
+
+    device = pick_device()
+    models, classes = load_models(model, device)
+    inputs = find_inputs(data)
+    console.print(f"{len(inputs.ids)} images, {len(models)} model(s){' x 2 (TTA: flip)' if tta else ''} on {device}")
+    with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, disable=not console.is_terminal) as progress:
+        task = progress.add_task("predict", total=len(inputs.ids))
+        probs = predict_probabilities(models, inputs.paths, device, tta, batch_size,
+                                      lambda n: progress.advance(task, n))
+    write_submission(inputs, probs.argmax(1), output, classes if class_names else None)
+    counts = ", ".join(f"{classes[i]}: {n}" for i, n in enumerate(np.bincount(probs.argmax(1), minlength=len(classes))) if n)
+    console.print(f"wrote {output} ({len(inputs.ids)} rows; predicted {counts})", soft_wrap=True, highlight=False)
+
+
+@app.command()
+@user_errors
+def report(
+    study: StudyOpt,
+    output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write")] = Path("report.html"),
+    storage: StorageOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Write a self-contained HTML report of the study's plots."""
+    from hpo.review.report import write_report
+    from hpo.status import load_existing
+    from hpo.storage import ATTR_CLASSES
+
+    existing = load_existing(_spec(study, set_ or [], storage), storage)
+    write_report(existing, existing.user_attrs.get(ATTR_CLASSES), output)
+    console.print(f"wrote {output}")
 
 
 @app.command()

@@ -174,6 +174,7 @@ class StudySpec(_Model):
     search: SearchSpace
     seed_trials: list[dict[str, Any]] = Field(default_factory=list, description="parameters run first")
     output_dir: Path | None = None
+    artifacts: str | None = Field(None, description="artifact store: a folder or s3://bucket")
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @property

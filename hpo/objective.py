@@ -16,11 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 import optuna
 import torch
+from optuna_dashboard import save_note
 
 from hpo.config import StudySpec
 from hpo.data.folds import iter_folds
 from hpo.data.table import ImageTable, decoded
 from hpo.errors import TrainingDiverged
+from hpo.review.artifacts import TrialReview, artifact_location, open_artifact_store, upload_review
+from hpo.review.note import trial_note
 from hpo.space import trial_config
 from hpo.strategy import report_step, reports_per_fold
 from hpo.train.config import TrainConfig
@@ -52,6 +55,7 @@ class Objective:
         self.spec, self.table, self.plan = spec, table, plan
         self.device = device or pick_device()
         self.on_epoch = on_epoch
+        self.artifacts = open_artifact_store(artifact_location(spec))
 
     def __call__(self, trial: optuna.Trial) -> float:
         cfg = trial_config(trial, self.spec)
@@ -90,7 +94,8 @@ class Objective:
         for fold, train_idx, val_idx in iter_folds(self.plan):
             data = FoldData(images, self.table.labels, train_idx, val_idx, self.table.num_classes)
             callback = None if per_fold else self._reporter(trial, cfg.max_epochs)
-            folds.append(fit_fold(cfg, data, self.device, fold, callback))
+            folds.append(FoldResult(fold))  # filled as it trains: a pruned fold keeps its epochs
+            fit_fold(cfg, data, self.device, fold, callback, into=folds[-1])
             if per_fold:
                 trial.report(folds[-1].best_f1, fold)
                 self._prune_if_asked(trial, f"after fold {fold} (F1 {folds[-1].best_f1:.4f})")
@@ -116,12 +121,18 @@ class Objective:
             trial.set_user_attr("prune_reason", reason)
             raise optuna.TrialPruned(reason)
 
-    @staticmethod
-    def _record(trial: optuna.Trial, folds: list[FoldResult], seconds: float) -> None:
-        """User attributes for review: kept for pruned trials too (for the folds they finished)."""
+    def _record(self, trial: optuna.Trial, folds: list[FoldResult], seconds: float) -> None:
+        """User attributes and artifacts for review: kept for pruned trials too (for the folds
+        they finished)."""
         trial.set_user_attr("wall_seconds", round(seconds, 2))
+        folds = [f for f in folds if f.history]
         if not folds:
             return
+        review = TrialReview(self.table.classes, folds)
+        if review.has_predictions:
+            trial.set_user_attr("confusion_matrix", review.confusion().tolist())
+            trial.set_user_attr("artifacts", upload_review(trial, self.artifacts, review))
+        save_note(trial, trial_note(folds, seconds, trial.user_attrs.get("prune_reason")))
         f1 = [f.best_f1 for f in folds]
         trial.set_user_attr("fold_f1", [round(v, 5) for v in f1])
         trial.set_user_attr("f1_std", round(float(np.std(f1)), 5))

@@ -46,6 +46,7 @@ from hpo.errors import DataError, StorageError
 log = logging.getLogger(__name__)
 ENV_STORAGE = "HPO_STORAGE"
 ATTR_PLAN, ATTR_FINGERPRINT, ATTR_CV, ATTR_SPEC = "fold_plan", "data_fingerprint", "cv", "spec"
+ATTR_CLASSES = "classes"
 RETRY_SECONDS = 120.0
 # What a storage call raises when the database itself fails (for callers that must carry on).
 STORAGE_FAILURES = (StorageInternalError, SQLAlchemyError)  # how long a storage call keeps retrying a transient error
@@ -121,7 +122,7 @@ for _name in (
     setattr(RetryingRDBStorage, _name, retrying(getattr(optuna.storages.RDBStorage, _name), _name))
 
 
-def _sqlite_file(url: str) -> Path | None:
+def sqlite_file(url: str) -> Path | None:
     database = make_url(url).database
     return Path(database).expanduser() if database and database != ":memory:" else None
 
@@ -170,7 +171,7 @@ def open_storage(
         ) from None
     if backend == "sqlite":
         engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}
-        if (path := _sqlite_file(url)) is not None:
+        if (path := sqlite_file(url)) is not None:
             _prepare_sqlite(path)
     else:
         # Bounded: every worker holds at most 3 connections (trial loop, heartbeat, sweeper).
@@ -206,7 +207,7 @@ def study_lock(url: str, study_name: str) -> Iterator[None]:
     """A lock shared by every process using this study: a file lock beside a SQLite database,
     a PostgreSQL advisory lock otherwise."""
     if is_sqlite(url):
-        path = _sqlite_file(url)
+        path = sqlite_file(url)
         if path is None:
             yield
             return
@@ -271,6 +272,7 @@ def open_study(spec: StudySpec, storage: optuna.storages.BaseStorage, table: Ima
         study.set_user_attr(ATTR_FINGERPRINT, table.fingerprint())
         study.set_user_attr(ATTR_CV, cv)
         study.set_user_attr(ATTR_SPEC, spec.raw)
+        study.set_user_attr(ATTR_CLASSES, list(table.classes))
         study.set_user_attr(ATTR_PLAN, plan.tolist())  # last: its presence marks a complete setup
         return study, plan
     if attrs.get(ATTR_FINGERPRINT) != table.fingerprint():

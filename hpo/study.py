@@ -15,6 +15,7 @@ from hpo.data.folds import make_fold_plan
 from hpo.data.formats import load_table
 from hpo.data.table import ImageTable
 from hpo.errors import ConfigError
+from hpo.review.note import ensure_note
 from hpo.space import candidates, param_names
 from hpo.storage import open_storage, open_study, resolve_url, study_lock
 from hpo.train.models import create_model
@@ -64,6 +65,7 @@ def connect(spec: StudySpec, url: str | None = None) -> StudyHandle:
     storage = open_storage(url, w.heartbeat_interval, w.grace_period, w.max_retry)
     with study_lock(url, spec.name):
         study, plan = open_study(spec, storage, table, plan)
+        ensure_note(study, spec, table, plan)
         for params in spec.seed_trials:
             study.enqueue_trial(params, skip_if_exists=True)
     return StudyHandle(spec, url, storage, study, table, plan)

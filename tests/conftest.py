@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +98,29 @@ def _no_env_storage(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"HPO_TEST_POSTGRES_URL={'set' if os.environ.get('HPO_TEST_POSTGRES_URL') else 'unset'}"
+
+
+@dataclass(frozen=True)
+class FinishedStudy:
+    """A finished tiny study on SQLite, shared read-only by the review/export/train/predict tests."""
+
+    path: Path  # the study file
+    url: str
+    spec: Any  # StudySpec
+    folder: Path
+
+
+@pytest.fixture(scope="session")
+def finished_study(image_root: Path, tmp_path_factory: pytest.TempPathFactory) -> FinishedStudy:
+    from hpo.config import parse_spec
+    from hpo.run import run_study
+
+    folder = tmp_path_factory.mktemp("finished")
+    # A learning rate low enough that one or two epochs leave the models imperfect, so the F1s
+    # differ between trials and folds (and a reproduction has something to match).
+    raw = tiny_study(image_root, folder, budget__n_trials=3, search__lr={"low": 5e-4, "high": 2e-3, "log": True})
+    path = write_study(folder / "tiny.yaml", raw)
+    url = f"sqlite:///{folder / 'tiny.db'}"
+    spec = parse_spec(raw)
+    run_study(spec, url, live=False)
+    return FinishedStudy(path, url, spec, folder)

@@ -105,3 +105,49 @@ def test_pretrained_weights_missing_offline_is_a_clear_error(study_file, tmp_pat
     assert "pretrained weights for 'test_resnet' are not available offline" in done.stderr
     assert "pretrained: false" in done.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_review_flow_export_train_predict_report(finished_study, image_root, tmp_path):
+    """What a user does after a study: export the best trials, train, predict, report."""
+    study = ["--study", str(finished_study.path), "--storage", finished_study.url]
+    best = tmp_path / "best.yaml"
+    done = hpo("export", *study, "-o", str(best), "--top-k", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    stored = optuna.load_study(study_name="tiny", storage=finished_study.url)
+    assert f"trial {stored.best_trial.number}: macro F1 {stored.best_value:.4f}" in done.stderr
+
+    final = tmp_path / "final"
+    done = hpo("train", "--config", str(best), "--out", str(final), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"trial {stored.best_trial.number}: cross-validated macro F1" in done.stderr
+    assert "saved 4 model(s)" in done.stderr and len(list(final.glob("*.pt"))) == 4
+
+    submission = tmp_path / "submission.csv"
+    done = hpo("predict", "--model", str(final), "--data", str(image_root / "c1_green"), "-o", str(submission),
+               "--tta", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "40 images, 4 model(s) x 2 (TTA: flip) on cpu" in done.stderr
+    lines = submission.read_text().splitlines()
+    assert lines[0] == "ImageID,ans" and len(lines) == 41
+    assert all(line.split(",")[1] in {"0", "1", "2"} for line in lines[1:])
+
+    report = tmp_path / "report.html"
+    done = hpo("report", *study, "-o", str(report), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Optimization history" in report.read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--config", "missing.yaml"], "--config missing.yaml: cannot read"),
+        (["predict", "--model", ".", "--data", "."], "--model .: no final.yaml; give the folder hpo train wrote"),
+        (["export", "--study", "STUDY", "--storage", "sqlite:///empty.db"], "no study 'tiny': empty.db does not exist"),
+    ],
+)
+def test_review_commands_bad_input_exit_2(finished_study, tmp_path, args, message):
+    args = [str(finished_study.path) if a == "STUDY" else a for a in args]
+    done = hpo(*args, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even an empty database

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Iterator
 
@@ -35,3 +36,8 @@ def fold_indices(plan: np.ndarray, fold: int) -> tuple[np.ndarray, np.ndarray]:
 def iter_folds(plan: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     for fold in range(int(plan.max()) + 1):
         yield (fold, *fold_indices(plan, fold))
+
+
+def plan_digest(plan: np.ndarray) -> str:
+    """A short digest of a fold plan: an export names the exact folds its F1 was measured on."""
+    return hashlib.sha256(np.asarray(plan, dtype=np.int64).tobytes()).hexdigest()[:16]

@@ -59,6 +59,12 @@ class ImageTable:
 _decoded: dict[tuple[str, int], np.ndarray] = {}
 
 
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """The one resize every image goes through, in training and in prediction."""
+    interpolation = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interpolation)
+
+
 def decoded(table: ImageTable, size: int, threads: int = 8) -> np.ndarray:
     """All images resized to ``size`` x ``size``, as one uint8 array (N, size, size, 3).
 
@@ -72,11 +78,7 @@ def decoded(table: ImageTable, size: int, threads: int = 8) -> np.ndarray:
                 image = table.read(i)
             except Exception as e:  # PIL raises several types for corrupt files
                 raise DataError(f"cannot read {table.describe(i)} ({e}); replace or remove the file") from e
-            return cv2.resize(
-                image,
-                (size, size),
-                interpolation=cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR,
-            )
+            return resize_image(image, size)
 
         with ThreadPoolExecutor(threads) as pool:
             _decoded[key] = np.stack(list(pool.map(load, range(len(table)))))

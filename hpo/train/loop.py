@@ -60,6 +60,8 @@ class FoldResult:
     per_class_f1: list[float] = field(default_factory=list)
     history: list[EpochResult] = field(default_factory=list)
     best_state: dict[str, torch.Tensor] | None = None
+    best_predictions: np.ndarray | None = None  # validation predictions of the best epoch
+    val_labels: np.ndarray | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -137,10 +139,14 @@ def fit_fold(
     fold: int = 0,
     on_epoch: Callable[[EpochResult], None] | None = None,
     keep_best_state: bool = False,
+    into: FoldResult | None = None,
 ) -> FoldResult:
     """Train one fold for up to ``cfg.max_epochs`` epochs, keeping the best epoch by macro F1.
 
-    Raises TrainingDiverged when the training loss is not finite.
+    With an empty ``data.val_idx`` (a final model on all data) every epoch is trained, nothing is
+    evaluated, and the last epoch's weights are kept. ``into`` is filled in place, so a caller
+    that stops the run by raising from ``on_epoch`` keeps the epochs done. Raises TrainingDiverged
+    when the training loss is not finite.
     """
     seed = cfg.seed + fold
     seed_everything(seed)
@@ -166,7 +172,8 @@ def fit_fold(
     val_labels = data.val_labels
     val_targets = torch.as_tensor(val_labels, device=device)
 
-    result = FoldResult(fold)
+    result = into if into is not None else FoldResult(fold)
+    result.val_labels = val_labels
     stale_epochs = 0
     for epoch in range(cfg.max_epochs):
         model.train()
@@ -199,6 +206,11 @@ def fit_fold(
         throughput = seen / (time.perf_counter() - started)
         if not np.isfinite(train_loss):
             raise TrainingDiverged(f"training loss became {train_loss} in fold {fold} epoch {epoch}")
+        if not len(data.val_idx):
+            result.history.append(EpochResult(fold, epoch, train_loss, float("nan"), float("nan"),
+                                              float("nan"), current_lr(optimizer), throughput))
+            schedule.after_epoch(None)
+            continue
 
         logits = predict_logits(
             model, data.images, data.val_idx, max(256, 2 * cfg.batch_size), device, mean, std, autocast
@@ -218,8 +230,9 @@ def fit_fold(
             result.per_class_f1 = f1_score(
                 val_labels, predicted, average=None, labels=labels_all, zero_division=0
             ).tolist()
+            result.best_predictions = predicted
             if keep_best_state:
-                result.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                result.best_state = _cpu_state(model)
             stale_epochs = 0
         else:
             stale_epochs += 1
@@ -228,4 +241,10 @@ def fit_fold(
         if cfg.patience is not None and stale_epochs >= cfg.patience:
             break
         schedule.after_epoch(macro_f1)
+    if not len(data.val_idx) and keep_best_state:
+        result.best_state, result.best_epoch = _cpu_state(model), cfg.max_epochs - 1
     return result
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

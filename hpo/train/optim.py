@@ -73,11 +73,12 @@ class Schedule:
         elif self.interval == "batch":
             self.main.step()  # type: ignore[union-attr]
 
-    def after_epoch(self, val_metric: float) -> None:
+    def after_epoch(self, val_metric: float | None) -> None:
         if self.steps <= self.warmup_steps:
             return
         if self.interval == "plateau":
-            self.main.step(val_metric)  # type: ignore[union-attr,arg-type]
+            if val_metric is not None:  # None: training on all data, nothing to watch
+                self.main.step(val_metric)  # type: ignore[union-attr,arg-type]
         elif self.interval == "epoch":
             self.main.step()  # type: ignore[union-attr]
 

@@ -1,0 +1,122 @@
+"""`hpo train --config`: final models from an export, saved with their config for `hpo predict`.
+
+Two modes:
+
+- ``folds``: the K fold models of every exported trial, on the study's own folds (same data,
+  same plan, same seeds as the trial), kept for a soft-voting ensemble. Each fold's validation F1
+  is measured again, so the run shows whether it reproduces the exported F1.
+- ``full``: one model per exported trial on all the data, for the median best epoch count + 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import yaml
+
+from hpo.data.folds import iter_folds, plan_digest
+from hpo.data.table import decoded
+from hpo.errors import DataError
+from hpo.export import Export, ExportedTrial
+from hpo.study import prepare
+from hpo.train.config import TrainConfig
+from hpo.train.loop import EpochResult, FoldData, FoldResult, fit_fold
+
+MANIFEST = "final.yaml"
+Mode = Literal["folds", "full"]
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    file: str
+    trial: int
+    fold: int | None  # None: trained on all data
+    epochs: int
+    f1: float | None  # validation macro F1 of the kept epoch (fold models)
+
+
+@dataclass(frozen=True)
+class FinalResult:
+    out: Path
+    mode: Mode
+    models: list[TrainedModel]
+
+    def cv_f1(self, trial: int) -> list[float]:
+        return [m.f1 for m in self.models if m.trial == trial and m.f1 is not None]
+
+
+def full_data_config(cfg: TrainConfig, best_epochs: list[int]) -> TrainConfig:
+    """All data, no validation: train for the epoch count the folds found best."""
+    epochs = int(np.median(best_epochs)) + 1 if best_epochs else cfg.max_epochs
+    return dataclasses.replace(cfg, max_epochs=epochs, patience=None)
+
+
+def save_checkpoint(path: Path, cfg: TrainConfig, classes: tuple[str, ...], state: dict[str, torch.Tensor],
+                    meta: dict[str, Any]) -> None:
+    torch.save({"state_dict": state, "config": cfg.to_dict(), "classes": list(classes), **meta}, path)
+
+
+def train_final(
+    export: Export,
+    out: Path,
+    mode: Mode = "folds",
+    device: torch.device | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    on_epoch: Callable[[ExportedTrial, EpochResult], None] | None = None,
+) -> FinalResult:
+    """Train the exported trials' final models into ``out`` (written whole or not at all)."""
+    from hpo.objective import pick_device
+
+    device = device or pick_device()
+    spec = export.study_spec(overrides)
+    table, plan = prepare(spec)
+    if table.fingerprint() != export.data_fingerprint or plan_digest(plan) != export.fold_plan:
+        raise DataError(
+            f"the data at {spec.data.options.get('root', spec.data.format)} is not the data study"
+            f" {export.study!r} was run on (fingerprint {table.fingerprint()} != {export.data_fingerprint});"
+            " point --set data.root=... at that data"
+        )
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    models: list[TrainedModel] = []
+    for exported in export.trials:
+        callback = (lambda e, t=exported: on_epoch(t, e)) if on_epoch else None
+        cfg = exported.config
+        images = decoded(table, cfg.image_size)
+        if mode == "folds":
+            for fold, train_idx, val_idx in iter_folds(plan):
+                data = FoldData(images, table.labels, train_idx, val_idx, table.num_classes)
+                result = fit_fold(cfg, data, device, fold, callback, keep_best_state=True)
+                models.append(_save(partial, exported, cfg, table.classes, result, fold))
+        else:
+            cfg = full_data_config(cfg, exported.best_epochs)
+            everything = np.arange(len(table))
+            data = FoldData(images, table.labels, everything, everything[:0], table.num_classes)
+            result = fit_fold(cfg, data, device, 0, callback, keep_best_state=True)
+            models.append(_save(partial, exported, cfg, table.classes, result, None))
+    manifest = {"study": export.study, "mode": mode, "classes": list(table.classes), "device": str(device),
+                "models": [dataclasses.asdict(m) for m in models]}
+    (partial / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    return FinalResult(out, mode, models)
+
+
+def _save(folder: Path, exported: ExportedTrial, cfg: TrainConfig, classes: tuple[str, ...],
+          result: FoldResult, fold: int | None) -> TrainedModel:
+    name = f"trial{exported.trial}-{'full' if fold is None else f'fold{fold}'}.pt"
+    f1 = None if fold is None else round(result.best_f1, 5)
+    assert result.best_state is not None
+    save_checkpoint(folder / name, cfg, classes, result.best_state,
+                    {"trial": exported.trial, "fold": fold, "epoch": result.best_epoch, "f1": f1})
+    return TrainedModel(name, exported.trial, fold, result.best_epoch + 1, f1)

@@ -1,0 +1,156 @@
+"""`hpo predict`: saved final models on new images -> a submission CSV.
+
+Inputs are a folder of images (every image under it, sorted; ImageID = its path relative to the
+folder) or a competition eval folder: ``info.csv`` with an ``ImageID`` column and ``images/``;
+then the rows keep the listing's order and its ``ans`` column is filled. Predictions are the
+softmax averaged over every model in the folder (the fold ensemble) and, with TTA, over the
+horizontally flipped image too.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from hpo.data.formats import IMAGE_EXTENSIONS, read_rgb
+from hpo.data.loader import to_input
+from hpo.data.table import resize_image
+from hpo.errors import DataError
+from hpo.final import MANIFEST
+from hpo.train.config import TrainConfig
+from hpo.train.loop import autocast_for
+from hpo.train.models import create_model, to_device
+
+LISTING, LISTING_ID, ANSWER = "info.csv", "ImageID", "ans"
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    config: TrainConfig
+    model: nn.Module
+
+
+@dataclass(frozen=True)
+class Inputs:
+    ids: list[str]
+    paths: list[Path]
+    rows: list[dict[str, str]] | None = None  # the eval listing's rows, in order
+    columns: list[str] | None = None
+
+
+def load_models(folder: Path, device: torch.device) -> tuple[list[LoadedModel], list[str]]:
+    """Every model a `hpo train` run saved in ``folder``, and the class names."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise DataError(f"--model {folder}: no {MANIFEST}; give the folder hpo train wrote (its --out)")
+    manifest = yaml.safe_load(manifest_path.read_text())
+    models = []
+    for entry in manifest["models"]:
+        path = folder / entry["file"]
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError) as e:
+            raise DataError(f"--model: cannot load {path} ({e}); train again with hpo train") from None
+        cfg = TrainConfig.from_dict(checkpoint["config"])
+        model = create_model(cfg.backbone, False, len(checkpoint["classes"]))
+        model.load_state_dict(checkpoint["state_dict"])
+        models.append(LoadedModel(entry["file"], cfg, to_device(model, device).eval()))
+    return models, list(manifest["classes"])
+
+
+def find_inputs(data: Path) -> Inputs:
+    data = Path(data)
+    if not data.is_dir():
+        raise DataError(f"--data {data}: no such folder; give a folder of images or an eval folder with {LISTING}")
+    listing = data / LISTING
+    if listing.is_file():
+        with listing.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows, columns = list(reader), list(reader.fieldnames or [])
+        if LISTING_ID not in columns:
+            raise DataError(f"{listing}: no {LISTING_ID} column; the eval listing needs {LISTING_ID},{ANSWER}")
+        images = data / "images" if (data / "images").is_dir() else data
+        paths = [images / r[LISTING_ID] for r in rows]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise DataError(f"{len(missing)} image(s) of {listing} missing, e.g. {missing[0]}; restore them")
+        columns = columns if ANSWER in columns else [*columns, ANSWER]
+        return Inputs([r[LISTING_ID] for r in rows], paths, rows, columns)
+    paths = sorted(p for p in data.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+                   and not any(part.startswith(".") for part in p.relative_to(data).parts))
+    if not paths:
+        raise DataError(f"--data {data}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return Inputs([str(p.relative_to(data)) for p in paths], paths)
+
+
+def _batches(paths: list[Path], batch_size: int, threads: int = 8) -> Iterator[list[np.ndarray]]:
+    def read(path: Path) -> np.ndarray:
+        try:
+            return read_rgb(path)
+        except Exception as e:  # PIL raises several types for corrupt files
+            raise DataError(f"cannot read {path} ({e}); replace the file") from e
+
+    with ThreadPoolExecutor(threads) as pool:
+        for start in range(0, len(paths), batch_size):
+            yield list(pool.map(read, paths[start : start + batch_size]))
+
+
+@torch.inference_mode()
+def predict_probabilities(
+    models: list[LoadedModel],
+    paths: list[Path],
+    device: torch.device,
+    tta: bool = False,
+    batch_size: int = 64,
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Softmax probabilities (N, classes), averaged over models (and flips with ``tta``)."""
+    autocast, _ = autocast_for(device)
+    outputs = []
+    for images in _batches(paths, batch_size):
+        total = None
+        for loaded in models:
+            cfg = loaded.config
+            mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)
+            std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
+            batch = torch.from_numpy(np.stack([resize_image(im, cfg.image_size) for im in images]))
+            x = to_input(batch, device, mean, std)
+            views = [x, torch.flip(x, dims=[3])] if tta else [x]
+            for view in views:
+                with autocast():
+                    probs = loaded.model(view).float().softmax(1)
+                total = probs if total is None else total + probs
+        outputs.append((total / (len(models) * (2 if tta else 1))).cpu().numpy())
+        if on_batch:
+            on_batch(len(images))
+    return np.concatenate(outputs)
+
+
+def write_submission(inputs: Inputs, predicted: np.ndarray, path: Path, classes: list[str] | None = None) -> Path:
+    """The CSV: the eval listing with ``ans`` filled (its order kept), or ImageID,ans. ``classes``
+    writes class names instead of class indices."""
+    answers = [classes[i] if classes else str(int(i)) for i in predicted]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", newline="") as handle:
+        if inputs.rows is not None:
+            writer = csv.DictWriter(handle, fieldnames=inputs.columns)
+            writer.writeheader()
+            writer.writerows({**row, ANSWER: answer} for row, answer in zip(inputs.rows, answers, strict=True))
+        else:
+            writer = csv.writer(handle)
+            writer.writerow([LISTING_ID, ANSWER])
+            writer.writerows(zip(inputs.ids, answers, strict=True))
+    partial.replace(path)
+    return path

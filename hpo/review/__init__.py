@@ -1,0 +1,1 @@
+"""Reviewing studies: per-trial artifacts for optuna-dashboard, the study note, the HTML report."""

@@ -1,0 +1,58 @@
+"""`hpo train --config`: final models reproduce the exported trial and are saved for predict."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import optuna
+import pytest
+import torch
+import yaml
+
+from hpo.errors import DataError
+from hpo.export import export_study
+from hpo.final import MANIFEST, full_data_config, train_final
+
+
+@pytest.fixture(scope="module")
+def exported(finished_study):
+    return export_study(optuna.load_study(study_name="tiny", storage=finished_study.url), top_k=2)
+
+
+def test_fold_models_reproduce_the_trials_f1(exported, tmp_path):
+    out = tmp_path / "final"
+    result = train_final(exported, out, "folds", torch.device("cpu"))
+    for t in exported.trials:
+        # Same data, folds, seeds and device as the trial: the same F1, within noise.
+        assert result.cv_f1(t.trial) == pytest.approx(t.fold_f1, abs=0.02)
+    manifest = yaml.safe_load((out / MANIFEST).read_text())
+    assert manifest["mode"] == "folds" and manifest["classes"] == ["c0_red", "c1_green", "c2_blue"]
+    assert sorted(m["file"] for m in manifest["models"]) == sorted(
+        f"trial{t.trial}-fold{k}.pt" for t in exported.trials for k in range(2)
+    )
+    checkpoint = torch.load(out / manifest["models"][0]["file"], weights_only=True)
+    assert checkpoint["config"] == exported.trials[0].config.to_dict()
+    assert checkpoint["classes"] == manifest["classes"] and "fc.weight" in str(list(checkpoint["state_dict"]))
+    assert not (tmp_path / "final.partial").exists()
+
+
+def test_full_data_model_trains_for_the_best_epoch_count(exported, tmp_path):
+    one = dataclasses.replace(exported, trials=exported.trials[:1])
+    result = train_final(one, tmp_path / "full", "full", torch.device("cpu"))
+    [model] = result.models
+    expected = int(np.median(one.trials[0].best_epochs)) + 1
+    assert model.fold is None and model.f1 is None and model.epochs == expected
+    assert full_data_config(one.trials[0].config, one.trials[0].best_epochs).patience is None
+    assert (tmp_path / "full" / f"trial{one.trials[0].trial}-full.pt").is_file()
+
+
+def test_other_data_is_refused_and_nothing_is_written(exported, image_root, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "labels.csv").write_text((image_root / "labels.csv").read_text().replace("c0_red-0", "moved"))
+    for sub in ("c0_red", "c1_green", "c2_blue"):
+        (other / sub).symlink_to(image_root / sub)
+    with pytest.raises(DataError, match="is not the data study 'tiny' was run on"):
+        train_final(exported, tmp_path / "final", "folds", torch.device("cpu"), [f"data.root={other}"])
+    assert not (tmp_path / "final").exists()

@@ -1,0 +1,90 @@
+"""`hpo predict`: soft-voted predictions of saved models, written as the submission CSV."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from hpo.errors import DataError
+from hpo.export import export_study
+from hpo.final import train_final
+from hpo.predict import find_inputs, load_models, predict_probabilities, write_submission
+from tests.conftest import CLASSES
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def model_dir(finished_study, tmp_path_factory):
+    exported = export_study(optuna.load_study(study_name="tiny", storage=finished_study.url))
+    return train_final(exported, tmp_path_factory.mktemp("final") / "model", "folds", CPU).out
+
+
+def read_rows(path):
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_folder_prediction_one_row_per_image_with_valid_labels(model_dir, image_root, tmp_path):
+    models, classes = load_models(model_dir, CPU)
+    assert len(models) == 2 and classes == list(CLASSES)
+    inputs = find_inputs(image_root)  # every image below, hidden files and the CSV skipped
+    assert len(inputs.ids) == 120 and inputs.ids[0] == "c0_red/00.png"
+    probs = predict_probabilities(models, inputs.paths, CPU, batch_size=32)
+    assert probs.shape == (120, 3) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    path = write_submission(inputs, probs.argmax(1), tmp_path / "sub.csv")
+    rows = read_rows(path)
+    assert [r["ImageID"] for r in rows] == inputs.ids
+    assert {r["ans"] for r in rows} <= {"0", "1", "2"}
+
+
+def test_soft_vote_is_the_mean_of_the_models_and_tta_adds_flips(model_dir, image_root):
+    models, _ = load_models(model_dir, CPU)
+    paths = find_inputs(image_root / "c2_blue").paths[:8]
+    each = [predict_probabilities([m], paths, CPU) for m in models]
+    assert np.allclose(predict_probabilities(models, paths, CPU), np.mean(each, axis=0), atol=1e-5)
+    with_flip = predict_probabilities(models, paths, CPU, tta=True)
+    flipped = np.mean([predict_probabilities([m], [p], CPU, tta=True)[0] for m in models for p in paths[:1]], axis=0)
+    assert np.allclose(with_flip[0], flipped, atol=1e-5)
+    assert not np.allclose(with_flip, predict_probabilities(models, paths, CPU), atol=1e-6)
+
+
+def test_eval_listing_keeps_its_row_order_and_fills_ans(model_dir, image_root, tmp_path):
+    eval_dir = tmp_path / "eval"
+    (eval_dir / "images").mkdir(parents=True)
+    ids = []
+    for i, source in enumerate(sorted(image_root.glob("c*/*.png"))[::7]):
+        ids.append(f"{i:03d}_{source.parent.name}.png")
+        shutil.copy(source, eval_dir / "images" / ids[-1])
+    ids = ids[::-1]  # not alphabetical: the listing's order must be kept
+    with (eval_dir / "info.csv").open("w", newline="") as handle:
+        handle.write("ImageID,ans\n" + "".join(f"{i},0\n" for i in ids))
+    inputs = find_inputs(eval_dir)
+    models, classes = load_models(model_dir, CPU)
+    probs = predict_probabilities(models, inputs.paths, CPU, tta=True)
+    rows = read_rows(write_submission(inputs, probs.argmax(1), tmp_path / "submission.csv"))
+    assert [r["ImageID"] for r in rows] == ids
+    assert [int(r["ans"]) for r in rows] == probs.argmax(1).tolist()
+    named = read_rows(write_submission(inputs, probs.argmax(1), tmp_path / "named.csv", classes))
+    assert {r["ans"] for r in named} <= set(CLASSES)
+
+
+def test_missing_or_corrupt_inputs_name_the_file(model_dir, image_root, tmp_path):
+    eval_dir = tmp_path / "eval"
+    (eval_dir / "images").mkdir(parents=True)
+    (eval_dir / "info.csv").write_text("ImageID,ans\ngone.png,\n")
+    with pytest.raises(DataError, match=r"1 image\(s\) of .*info.csv missing, e.g. .*gone.png"):
+        find_inputs(eval_dir)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    models, _ = load_models(model_dir, CPU)
+    with pytest.raises(DataError, match=r"cannot read .*broken.jpg"):
+        predict_probabilities(models, find_inputs(folder).paths, CPU)
+    with pytest.raises(DataError, match="no final.yaml"):
+        load_models(tmp_path, CPU)
