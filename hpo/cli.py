@@ -302,6 +302,8 @@ def validate(study: StudyOpt, set_: SetOpt = None) -> None:
     table, plan = prepare(spec)
     sizes = [int((plan == f).sum()) for f in range(spec.cv.folds)]
     console.print(f"{spec.name}: valid; {len(table)} images, {table.num_classes} classes, fold sizes {sizes}")
+    if table.skipped:
+        console.print(table.skipped_summary(), soft_wrap=True, highlight=False)
 
 
 def main() -> None:

@@ -98,6 +98,7 @@ class DataSpec(BaseModel):
     format: str
     image_size: int = Field(224, ge=8, le=4096)
     normalization: str | dict[str, list[float]] = "imagenet"
+    crop: tuple[int, int] | None = Field(None, description="centred crop [height, width] of the original, before resize")
 
     @property
     def options(self) -> dict[str, Any]:
@@ -118,6 +119,8 @@ class DataSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> DataSpec:
+        if self.crop is not None and min(self.crop) < 1:
+            raise ValueError("crop: give [height, width] in pixels, both positive")
         if isinstance(self.normalization, str) and self.normalization not in NORMALIZATIONS:
             raise ValueError(
                 f"normalization {self.normalization!r} unknown; use {', '.join(NORMALIZATIONS)} or {{mean: [r, g, b], std: [r, g, b]}}"

@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from hpo.data.folds import iter_folds, plan_digest
-from hpo.data.table import decoded
+from hpo.data.table import ImageTable, decoded
 from hpo.errors import DataError
 from hpo.export import Export, ExportedTrial
 from hpo.study import prepare
@@ -91,18 +91,21 @@ def train_final(
     for exported in export.trials:
         callback = (lambda e, t=exported: on_epoch(t, e)) if on_epoch else None
         cfg = exported.config
-        images = decoded(table, cfg.image_size)
+        images = decoded(table, cfg.image_size, cfg.crop)
+        train_labels = table.training_labels(cfg.label_options)
         if mode == "folds":
             for fold, train_idx, val_idx in iter_folds(plan):
-                data = FoldData(images, table.labels, train_idx, val_idx, table.num_classes)
+                data = FoldData(images, table.labels, train_idx, val_idx, table.num_classes,
+                                train_labels, table.factors)
                 result = fit_fold(cfg, data, device, fold, callback, keep_best_state=True)
-                models.append(_save(partial, exported, cfg, table.classes, result, fold))
+                models.append(_save(partial, exported, cfg, table, result, fold))
         else:
             cfg = full_data_config(cfg, exported.best_epochs)
             everything = np.arange(len(table))
-            data = FoldData(images, table.labels, everything, everything[:0], table.num_classes)
+            data = FoldData(images, table.labels, everything, everything[:0], table.num_classes,
+                            train_labels, table.factors)
             result = fit_fold(cfg, data, device, 0, callback, keep_best_state=True)
-            models.append(_save(partial, exported, cfg, table.classes, result, None))
+            models.append(_save(partial, exported, cfg, table, result, None))
     manifest = {"study": export.study, "mode": mode, "classes": list(table.classes), "device": str(device),
                 "models": [dataclasses.asdict(m) for m in models]}
     (partial / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
@@ -112,11 +115,12 @@ def train_final(
     return FinalResult(out, mode, models)
 
 
-def _save(folder: Path, exported: ExportedTrial, cfg: TrainConfig, classes: tuple[str, ...],
+def _save(folder: Path, exported: ExportedTrial, cfg: TrainConfig, table: ImageTable,
           result: FoldResult, fold: int | None) -> TrainedModel:
     name = f"trial{exported.trial}-{'full' if fold is None else f'fold{fold}'}.pt"
     f1 = None if fold is None else round(result.best_f1, 5)
     assert result.best_state is not None
-    save_checkpoint(folder / name, cfg, classes, result.best_state,
-                    {"trial": exported.trial, "fold": fold, "epoch": result.best_epoch, "f1": f1})
+    save_checkpoint(folder / name, cfg, table.classes, result.best_state,
+                    {"trial": exported.trial, "fold": fold, "epoch": result.best_epoch, "f1": f1,
+                     "factors": [list(f) for f in table.factors]})
     return TrainedModel(name, exported.trial, fold, result.best_epoch + 1, f1)

@@ -89,10 +89,12 @@ class Objective:
         return float(np.mean([f.best_f1 for f in folds]))
 
     def _train_folds(self, trial: optuna.Trial, cfg: TrainConfig, folds: list[FoldResult]) -> None:
-        images = decoded(self.table, cfg.image_size)
+        images = decoded(self.table, cfg.image_size, cfg.crop)
+        train_labels = self.table.training_labels(cfg.label_options)
         per_fold = reports_per_fold(self.spec.pruner.type)
         for fold, train_idx, val_idx in iter_folds(self.plan):
-            data = FoldData(images, self.table.labels, train_idx, val_idx, self.table.num_classes)
+            data = FoldData(images, self.table.labels, train_idx, val_idx, self.table.num_classes,
+                            train_labels, self.table.factors)
             callback = None if per_fold else self._reporter(trial, cfg.max_epochs)
             folds.append(FoldResult(fold))  # filled as it trains: a pruned fold keeps its epochs
             fit_fold(cfg, data, self.device, fold, callback, into=folds[-1])

@@ -62,7 +62,8 @@ def load_models(folder: Path, device: torch.device) -> tuple[list[LoadedModel], 
         except (OSError, RuntimeError, EOFError) as e:
             raise DataError(f"--model: cannot load {path} ({e}); train again with hpo train") from None
         cfg = TrainConfig.from_dict(checkpoint["config"])
-        model = create_model(cfg.backbone, False, len(checkpoint["classes"]))
+        factors = tuple(tuple(f) for f in checkpoint.get("factors", []))
+        model = create_model(cfg.backbone, False, len(checkpoint["classes"]), cfg.head, factors)
         model.load_state_dict(checkpoint["state_dict"])
         models.append(LoadedModel(entry["file"], cfg, to_device(model, device).eval()))
     return models, list(manifest["classes"])
@@ -123,7 +124,7 @@ def predict_probabilities(
             cfg = loaded.config
             mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)
             std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
-            batch = torch.from_numpy(np.stack([resize_image(im, cfg.image_size) for im in images]))
+            batch = torch.from_numpy(np.stack([resize_image(im, cfg.image_size, cfg.crop) for im in images]))
             x = to_input(batch, device, mean, std)
             views = [x, torch.flip(x, dims=[3])] if tta else [x]
             for view in views:

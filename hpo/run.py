@@ -61,6 +61,8 @@ def run_study(
         f" {handle.table.num_classes} classes, {spec.cv.folds} folds; {done}/{budget} trials done",
         soft_wrap=True,
     )
+    if handle.table.skipped:
+        console.print(handle.table.skipped_summary(), soft_wrap=True, highlight=False)
     if done >= budget:
         console.print("budget reached; nothing to run (raise --n-trials to continue)")
         return RunResult(handle.study, handle.url, 0)

@@ -27,11 +27,12 @@ from typing import Any
 import optuna
 
 from hpo.data.augment import OPS, check_preset, preset_ops
+from hpo.data.loader import SAMPLING
 from hpo.errors import ConfigError
 from hpo.registry import Registry
 from hpo.train.config import AugmentOp, Component, TrainConfig
 from hpo.train.losses import CLASS_WEIGHTS, LOSSES
-from hpo.train.models import FREEZE, check_backbone
+from hpo.train.models import FREEZE, HEADS, check_backbone
 from hpo.train.optim import OPTIMIZERS, SCHEDULERS
 
 Scalar = None | bool | int | float | str
@@ -90,6 +91,9 @@ class SearchSpace:
     augment_ops: Mapping[str, OpSpace]
     mixup: Param
     cutmix: Param
+    head: Param
+    sampling: Param
+    labels: Mapping[str, Param]  # training-label options of the data format (mask: age_boundary)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,6 +235,9 @@ def parse_search(raw: Mapping[str, Any]) -> SearchSpace:
         "augment",
         "mixup",
         "cutmix",
+        "head",
+        "sampling",
+        "labels",
     }
     unknown = set(raw) - known
     if unknown:
@@ -288,6 +295,14 @@ def parse_search(raw: Mapping[str, Any]) -> SearchSpace:
     class_weights = param("class_weights", "none")
     for name in candidates(class_weights):
         CLASS_WEIGHTS.get(name, "search.class_weights")
+    head, sampling = param("head", "single"), param("sampling", "uniform")
+    for name in candidates(head):
+        HEADS.get(name, "search.head")
+    for name in candidates(sampling):
+        SAMPLING.get(name, "search.sampling")
+    labels = raw.get("labels") or {}
+    if not isinstance(labels, Mapping):
+        raise ConfigError("search.labels: expected a mapping of training-label options, e.g. {age_boundary: 58}")
     return SearchSpace(
         backbone=backbone,
         pretrained=pretrained,
@@ -306,6 +321,9 @@ def parse_search(raw: Mapping[str, Any]) -> SearchSpace:
         augment_ops=ops,
         mixup=check("search.mixup", param("mixup", 0.0), _number(0, 1), "a probability in [0, 1]"),
         cutmix=check("search.cutmix", param("cutmix", 0.0), _number(0, 1), "a probability in [0, 1]"),
+        head=head,
+        sampling=sampling,
+        labels={key: parse_param(f"search.labels.{key}", value) for key, value in labels.items()},
     )
 
 
@@ -313,7 +331,7 @@ def param_names(space: SearchSpace) -> set[str]:
     """Every Optuna parameter name this space can produce (conditional ones included)."""
     names = {
         key for key in ("backbone", "pretrained", "lr", "weight_decay", "class_weights", "batch_size",
-                        "image_size", "mixup", "cutmix")
+                        "image_size", "mixup", "cutmix", "head", "sampling")
         if not isinstance(getattr(space, key), (Fixed, type(None)))
     }
     for key in ("freeze", "optimizer", "scheduler", "loss"):
@@ -322,6 +340,7 @@ def param_names(space: SearchSpace) -> set[str]:
             names.add(key)
         for branch, args in choice.branches.items():
             names |= {f"{key}.{branch}.{arg}" for arg, p in args.items() if not isinstance(p, Fixed)}
+    names |= {f"labels.{key}" for key, p in space.labels.items() if not isinstance(p, Fixed)}
     if not isinstance(space.augment_preset, Fixed):
         names.add("augment.preset")
     for op, spec in space.augment_ops.items():
@@ -392,6 +411,10 @@ def trial_config(trial: optuna.Trial, spec: Any) -> TrainConfig:
         max_epochs=spec.budget.max_epochs,
         patience=spec.budget.patience,
         seed=spec.seed,
+        crop=tuple(spec.data.crop) if spec.data.crop else None,
+        head=suggest(trial, "head", space.head),
+        sampling=suggest(trial, "sampling", space.sampling),
+        label_options={key: suggest(trial, f"labels.{key}", p) for key, p in space.labels.items()},
         mean=spec.data.mean,
         std=spec.data.std,
     )

@@ -34,11 +34,23 @@ def check_pretrained(spec: StudySpec) -> None:
             create_model(backbone, pretrained, num_classes=2)
 
 
+def check_data_choices(spec: StudySpec, table: ImageTable) -> None:
+    """Searched choices that depend on the data: a factorized head needs label factors, and
+    training-label options must be the format's own (and valid)."""
+    if "factorized" in candidates(spec.search.head) and not table.factors:
+        raise ConfigError(f"search.head: factorized needs labels made of factors (format mask); format"
+                          f" {spec.data.format!r} has none: use head: single")
+    for key, param in spec.search.labels.items():
+        for value in candidates(param):
+            table.training_labels({key: value})
+
+
 def prepare(spec: StudySpec) -> tuple[ImageTable, np.ndarray]:
     """Everything that can fail on bad input, done before any storage is touched: the data
-    read, the fold plan computed, pretrained weights found."""
+    read, the fold plan computed, data-dependent choices and pretrained weights checked."""
     table = load_table(spec.data.format, spec.data.options)
     plan = make_fold_plan(table, spec.cv.folds, spec.cv.seed)
+    check_data_choices(spec, table)
     check_pretrained(spec)
     return table, plan
 

@@ -124,3 +124,24 @@ def finished_study(image_root: Path, tmp_path_factory: pytest.TempPathFactory) -
     spec = parse_spec(raw)
     run_study(spec, url, live=False)
     return FinishedStudy(path, url, spec, folder)
+
+
+@pytest.fixture(scope="session")
+def mask_archive(tmp_path_factory: pytest.TempPathFactory):
+    """A small archive in the mask competition's layout (24 people x 7 photos, one corrupt)."""
+    from tests.data.mask_archive import write_mask_archive
+
+    return write_mask_archive(tmp_path_factory.mktemp("mask"))
+
+
+def tiny_mask_study(root: Path, tmp_path: Path, **changes: Any) -> dict[str, Any]:
+    """A mask-format study that trains in seconds on the generated archive."""
+    study = tiny_study(root, tmp_path, **changes)
+    study["name"] = "tinymask"
+    study["data"] = {"format": "mask", "root": str(root), "corrupt": "skip", "crop": [56, 48],
+                     "image_size": 32, "normalization": "half", **study["data"].get("_mask", {})}
+    study["budget"] = {"n_trials": 2, "max_epochs": 1, "patience": 1}
+    study["cv"] = {"folds": 3, "seed": 0}
+    study["search"].update({"lr": 3e-3, "batch_size": 32, "head": {"choices": ["single", "factorized"]},
+                            "labels": {"age_boundary": {"choices": [58, 60]}}, "sampling": "weighted"})
+    return study

@@ -55,6 +55,9 @@ def test_run_end_to_end_stores_the_trials(image_root, tmp_path):
         ("search.lr={low: 0.1, high: 0.001}", "search.lr: inverted range, low 0.1 > high 0.001; swap them"),
         ("data.root=/nonexistent/data", "data.root: folder /nonexistent/data does not exist"),
         ("cv.folds=999", "cv.folds: Input should be less than or equal to 50"),
+        ("search.head=factorized", "search.head: factorized needs labels made of factors"),
+        ("search.labels={age_boundary: 58}", "search.labels: ['age_boundary'] are not options of this data format"),
+        ("search.sampling=stratified", "search.sampling: unknown sampling 'stratified'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(study_file, tmp_path, change, message):
@@ -151,3 +154,37 @@ def test_review_commands_bad_input_exit_2(finished_study, tmp_path, args, messag
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []  # nothing written, not even an empty database
+
+
+def test_mask_study_end_to_end_run_export_train_predict(mask_archive, tmp_path):
+    """The competition flow on a generated archive: every command, real processes."""
+    from tests.conftest import tiny_mask_study
+
+    path = write_study(tmp_path / "mask.yaml", tiny_mask_study(mask_archive.root, tmp_path))
+    done = hpo("run", "--study", str(path), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "167 images, 18 classes, 3 folds" in done.stderr
+    assert "skipped: hidden file (._* and the like) 26, corrupt 1" in done.stderr
+    done = hpo("export", "--study", str(path), "-o", "best.yaml", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    done = hpo("train", "--config", "best.yaml", "--out", "final", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "saved 3 model(s)" in done.stderr
+    done = hpo("predict", "--model", "final", "--data", str(mask_archive.root / "eval"), "-o", "submission.csv",
+               "--tta", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = (tmp_path / "submission.csv").read_text().splitlines()
+    assert lines[0] == "ImageID,ans"
+    assert [line.split(",")[0] for line in lines[1:]] == mask_archive.eval_ids  # the listing's order
+    assert all(0 <= int(line.split(",")[1]) < 18 for line in lines[1:])
+
+
+def test_shipped_mask_study_validates_on_the_archive(mask_archive, tmp_path):
+    done = hpo("validate", "--study", "mask", "--set", f"data.root={mask_archive.root}", "--set", "data.corrupt=skip",
+               "--set", "search.pretrained=false", cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr
+    assert "mask: valid; 167 images, 18 classes, fold sizes" in done.stderr
+    assert "corrupt 1" in done.stderr
+    done = hpo("validate", "--study", "mask", "--set", f"data.root={mask_archive.root}",
+               "--set", "search.pretrained=false", cwd=Path(__file__).parents[1])
+    assert done.returncode == 2 and "set data.corrupt=skip" in done.stderr

@@ -97,3 +97,22 @@ def test_trials_are_reproducible_from_params_and_seed(image_root, tmp_path):
         study.optimize(objective_for(spec), n_trials=1)
         values.append(study.trials[0].value)
     assert values[0] == values[1]
+
+
+def test_mask_trial_trains_three_heads_on_lowered_ages_and_scores_true_labels(mask_archive, tmp_path):
+    from tests.conftest import tiny_mask_study
+
+    spec = parse_spec(tiny_mask_study(mask_archive.root, tmp_path))
+    table = load_table(spec.data.format, spec.data.options)
+    study = study_for(spec)
+    study.enqueue_trial({"head": "factorized", "labels.age_boundary": 58, "loss": "focal"})
+    study.optimize(Objective(spec, table, make_fold_plan(table, spec.cv.folds, spec.cv.seed)), n_trials=1)
+    [trial] = study.trials
+    assert trial.state == TrialState.COMPLETE, trial.user_attrs
+    assert trial.user_attrs["config"]["head"] == "factorized"
+    assert trial.user_attrs["config"]["label_options"] == {"age_boundary": 58}
+    matrix = np.array(trial.user_attrs["confusion_matrix"])
+    # 18-class predictions, scored against the true labels (age boundary 60), not the lowered ones.
+    assert matrix.shape == (18, 18)
+    assert matrix.sum(axis=1).tolist() == table.class_counts().tolist()
+    assert len(trial.user_attrs["per_class_f1"]) == 18

@@ -118,3 +118,7 @@ def csv(
 
 def load_table(format: str, options: dict) -> ImageTable:
     return FORMATS.get(format, "data.format")(**options)
+
+
+# Formats with a module of their own register themselves on import.
+from hpo.data import mask as _mask  # noqa: E402, F401

@@ -5,7 +5,27 @@ from __future__ import annotations
 import albumentations as A
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
+
+from hpo.registry import Registry
+
+# How training samples are drawn each epoch: a factory (labels of the training side, seeded
+# generator) -> a torch Sampler, or None for a plain shuffle.
+SAMPLING: Registry = Registry("sampling")
+
+
+@SAMPLING.register("uniform")
+def uniform(labels: np.ndarray, generator: torch.Generator) -> Sampler | None:
+    return None
+
+
+@SAMPLING.register("weighted")
+def weighted(labels: np.ndarray, generator: torch.Generator) -> Sampler:
+    """Every class drawn equally often on average (with replacement), against imbalance."""
+    counts = np.bincount(labels)
+    weights = 1.0 / counts[labels]
+    return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(labels),
+                                 replacement=True, generator=generator)
 
 
 class AugmentedImages(Dataset):
@@ -46,14 +66,17 @@ def train_loader(
     batch_size: int,
     seed: int,
     device: torch.device,
+    sampling: str = "uniform",
 ) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
+    sampler = SAMPLING.get(sampling, "search.sampling")(labels[indices], generator)
     on_gpu = device.type == "cuda"
     workers = min(8, (torch.multiprocessing.cpu_count() or 1)) if on_gpu and pipeline else 0
     return DataLoader(
         AugmentedImages(images, labels, indices, pipeline),
         batch_size=batch_size,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         # A last batch of one sample breaks BatchNorm; drop the remainder when there is more.
         drop_last=len(indices) > batch_size,
         generator=generator,

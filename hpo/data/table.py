@@ -6,11 +6,12 @@ import hashlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
 
-from hpo.errors import DataError
+from hpo.errors import ConfigError, DataError
 
 
 @dataclass(eq=False)
@@ -28,6 +29,12 @@ class ImageTable:
     identity: Sequence[str]
     read: Callable[[int], np.ndarray]
     describe: Callable[[int], str] = field(default=lambda i: f"sample {i}")
+    # Labels that are a mixed-radix code of several factors (the mask format: mask x gender x
+    # age), most significant first; lets a model use one head per factor.
+    factors: tuple[tuple[str, int], ...] = ()
+    # Training-time labels under options such as the mask format's age_boundary; None: no options.
+    relabel_for_training: Callable[..., np.ndarray] | None = None
+    skipped: dict[str, int] = field(default_factory=dict)  # files left out, by reason
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -44,6 +51,18 @@ class ImageTable:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def skipped_summary(self) -> str:
+        """'skipped: reason n, ...' for the files the format left out, or ''."""
+        return "skipped: " + ", ".join(f"{why} {n}" for why, n in self.skipped.items()) if self.skipped else ""
+
+    def training_labels(self, options: dict[str, Any]) -> np.ndarray:
+        """The labels a model trains on; evaluation always uses the true ``labels``."""
+        if not options:
+            return self.labels
+        if self.relabel_for_training is None:
+            raise ConfigError(f"search.labels: {sorted(options)} are not options of this data format; remove them")
+        return self.relabel_for_training(**options)
+
     def class_counts(self, indices: np.ndarray | None = None) -> np.ndarray:
         labels = self.labels if indices is None else self.labels[indices]
         return np.bincount(labels, minlength=self.num_classes)
@@ -56,21 +75,27 @@ class ImageTable:
         return digest.hexdigest()[:16]
 
 
-_decoded: dict[tuple[str, int], np.ndarray] = {}
+_decoded: dict[tuple[str, int, tuple[int, int] | None], np.ndarray] = {}
 
 
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """The one resize every image goes through, in training and in prediction."""
+def resize_image(image: np.ndarray, size: int, crop: tuple[int, int] | None = None) -> np.ndarray:
+    """The one preprocessing every image goes through, in training and in prediction: an optional
+    centred crop (height, width) of the original, then a resize to ``size`` x ``size``."""
+    if crop is not None:
+        h, w = image.shape[:2]
+        ch, cw = min(crop[0], h), min(crop[1], w)
+        top, left = (h - ch) // 2, (w - cw) // 2
+        image = image[top : top + ch, left : left + cw]
     interpolation = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
     return cv2.resize(image, (size, size), interpolation=interpolation)
 
 
-def decoded(table: ImageTable, size: int, threads: int = 8) -> np.ndarray:
-    """All images resized to ``size`` x ``size``, as one uint8 array (N, size, size, 3).
-
-    Decoded once per process and image size, then shared by every trial and fold.
+def decoded(table: ImageTable, size: int, crop: tuple[int, int] | None = None, threads: int = 8) -> np.ndarray:
+    """All images (centre-cropped to ``crop``) resized to ``size`` x ``size``, as one uint8
+    array (N, size, size, 3). Decoded once per process, size and crop, then shared by every
+    trial and fold.
     """
-    key = (table.fingerprint(), size)
+    key = (table.fingerprint(), size, crop)
     if key not in _decoded:
 
         def load(i: int) -> np.ndarray:
@@ -78,7 +103,7 @@ def decoded(table: ImageTable, size: int, threads: int = 8) -> np.ndarray:
                 image = table.read(i)
             except Exception as e:  # PIL raises several types for corrupt files
                 raise DataError(f"cannot read {table.describe(i)} ({e}); replace or remove the file") from e
-            return resize_image(image, size)
+            return resize_image(image, size, crop)
 
         with ThreadPoolExecutor(threads) as pool:
             _decoded[key] = np.stack(list(pool.map(load, range(len(table)))))

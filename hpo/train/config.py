@@ -46,12 +46,17 @@ class TrainConfig:
     seed: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    crop: tuple[int, int] | None = None  # centred crop of the original before resize
+    head: str = "single"  # a registry entry of hpo.train.models.HEADS
+    sampling: str = "uniform"  # a registry entry of hpo.data.loader.SAMPLING
+    label_options: dict[str, Any] = field(default_factory=dict)  # training labels, e.g. age_boundary
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (lists, dicts, scalars), ready for YAML or JSON."""
         out = asdict(self)
         out["augment"] = [asdict(op) for op in self.augment]
         out["mean"], out["std"] = list(self.mean), list(self.std)
+        out["crop"] = list(self.crop) if self.crop else None
         return out
 
     @classmethod
@@ -61,4 +66,6 @@ class TrainConfig:
             values[key] = Component(**values[key])
         values["augment"] = tuple(AugmentOp(**op) for op in values["augment"])
         values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
+        if values.get("crop"):
+            values["crop"] = tuple(values["crop"])
         return cls(**values)

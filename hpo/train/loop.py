@@ -19,20 +19,30 @@ from hpo.data.augment import build_pipeline
 from hpo.data.loader import to_input, train_loader
 from hpo.errors import TrainingDiverged
 from hpo.train.config import TrainConfig
-from hpo.train.losses import build_loss
+from hpo.train.losses import build_criterion
 from hpo.train.models import build_freeze, create_model, to_device
 from hpo.train.optim import build_optimizer, build_schedule, current_lr
 
 
 @dataclass(frozen=True)
 class FoldData:
-    """Decoded uint8 NHWC images and labels of the whole set, and one fold's two sides."""
+    """Decoded uint8 NHWC images and labels of the whole set, and one fold's two sides.
+
+    ``train_labels`` (default: ``labels``) are what the model trains on, e.g. with the mask
+    format's lowered age boundary; validation always scores against the true ``labels``.
+    """
 
     images: np.ndarray
     labels: np.ndarray
     train_idx: np.ndarray
     val_idx: np.ndarray
     num_classes: int
+    train_labels: np.ndarray | None = None
+    factors: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def fit_labels(self) -> np.ndarray:
+        return self.labels if self.train_labels is None else self.train_labels
 
     @property
     def val_labels(self) -> np.ndarray:
@@ -150,21 +160,23 @@ def fit_fold(
     """
     seed = cfg.seed + fold
     seed_everything(seed)
-    model = to_device(create_model(cfg.backbone, cfg.pretrained, data.num_classes), device)
+    model = to_device(create_model(cfg.backbone, cfg.pretrained, data.num_classes, cfg.head, data.factors), device)
     freeze = build_freeze(cfg.freeze.name, cfg.freeze.args)
     optimizer = build_optimizer(cfg.optimizer.name, cfg.optimizer.args, model, cfg.lr, cfg.weight_decay)
     loader = train_loader(
         data.images,
-        data.labels,
+        data.fit_labels,
         data.train_idx,
         build_pipeline(cfg.augment, cfg.image_size, seed),
         cfg.batch_size,
         seed,
         device,
+        cfg.sampling,
     )
     schedule = build_schedule(cfg.scheduler.name, cfg.scheduler.args, optimizer, len(loader), cfg.max_epochs)
-    counts = np.bincount(data.labels[data.train_idx], minlength=data.num_classes)
-    criterion = build_loss(cfg.loss.name, cfg.loss.args, cfg.class_weights, counts, device)
+    counts = np.bincount(data.fit_labels[data.train_idx], minlength=data.num_classes)
+    criterion = build_criterion(cfg.loss.name, cfg.loss.args, cfg.class_weights, counts, device,
+                                data.factors, cfg.head)
     autocast, scaler = autocast_for(device)
     mixer = Mixer(cfg.mixup, cfg.cutmix, seed)
     mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)

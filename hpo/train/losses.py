@@ -101,3 +101,36 @@ def build_loss(
     weights = CLASS_WEIGHTS.get(weighting)(class_counts)
     weight = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
     return LOSSES.get(name)(weight, **args).to(device)
+
+
+class FactorizedLoss(nn.Module):
+    """The summed loss of one head per label factor, computed from joint log-probabilities
+    (:class:`hpo.train.models.FactorizedModel`): each factor's marginal is a logsumexp over the
+    other factors, and equals that head's log-softmax."""
+
+    def __init__(self, losses: list[nn.Module], sizes: tuple[int, ...]) -> None:
+        super().__init__()
+        self.losses, self.sizes = nn.ModuleList(losses), sizes
+        self.strides = [int(np.prod(sizes[i + 1 :])) for i in range(len(sizes))]
+
+    def forward(self, joint: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        grid = joint.float().view(-1, *self.sizes)
+        total = joint.new_zeros((), dtype=torch.float32)
+        for axis, (loss, stride, size) in enumerate(zip(self.losses, self.strides, self.sizes, strict=True)):
+            others = [d + 1 for d in range(len(self.sizes)) if d != axis]
+            marginal = torch.logsumexp(grid, dim=others) if others else grid
+            total = total + loss(marginal, (target // stride) % size)
+        return total
+
+
+def build_criterion(
+    name: str, args: dict, weighting: str, class_counts: np.ndarray, device: torch.device,
+    factors: tuple[tuple[str, int], ...] = (), head: str = "single",
+) -> nn.Module:
+    """The training loss for a head: one loss, or (factorized head) one per factor, summed."""
+    if head != "factorized":
+        return build_loss(name, args, weighting, class_counts, device)
+    sizes = tuple(size for _, size in factors)
+    grid = class_counts.reshape(sizes)
+    per_factor = [grid.sum(axis=tuple(d for d in range(len(sizes)) if d != axis)) for axis in range(len(sizes))]
+    return FactorizedLoss([build_loss(name, args, weighting, counts, device) for counts in per_factor], sizes).to(device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
 from torch import nn
@@ -12,6 +13,9 @@ from hpo.errors import ConfigError
 from hpo.registry import Registry
 
 FREEZE: Registry = Registry("freeze strategy")
+# Classifier heads: a factory (timm backbone name, pretrained, classes, factors) -> nn.Module
+# whose output is one logit (or log-probability) per class.
+HEADS: Registry = Registry("model head")
 
 
 def check_backbone(name: str, key: str = "search.backbone") -> None:
@@ -23,11 +27,21 @@ def check_backbone(name: str, key: str = "search.backbone") -> None:
         )
 
 
-def create_model(backbone: str, pretrained: bool | str, num_classes: int) -> nn.Module:
-    """A timm model with a ``num_classes`` head; pretrained from the timm/HF cache or a file.
-
-    Raises ConfigError when pretrained weights are asked for but cannot be found offline.
+def create_model(
+    backbone: str,
+    pretrained: bool | str,
+    num_classes: int,
+    head: str = "single",
+    factors: tuple[tuple[str, int], ...] = (),
+) -> nn.Module:
+    """A timm backbone with the ``head`` registry entry on top; pretrained from the timm/HF
+    cache or a file. Raises ConfigError when pretrained weights are asked for but cannot be
+    found offline, or the head needs label factors the data does not have.
     """
+    return HEADS.get(head, "search.head")(backbone, pretrained, num_classes, factors)
+
+
+def timm_model(backbone: str, pretrained: bool | str, num_classes: int) -> nn.Module:
     kwargs: dict = {"num_classes": num_classes}
     if isinstance(pretrained, str):
         path = Path(pretrained).expanduser()
@@ -47,6 +61,46 @@ def create_model(backbone: str, pretrained: bool | str, num_classes: int) -> nn.
             " download them into the HF cache (HF_HOME) beforehand, set search.pretrained to a"
             " local weights file, or use pretrained: false"
         ) from e
+
+
+@HEADS.register("single")
+def single_head(backbone: str, pretrained: bool | str, num_classes: int, factors: tuple) -> nn.Module:
+    """timm's own classifier: one logit per class."""
+    return timm_model(backbone, pretrained, num_classes)
+
+
+class FactorizedModel(nn.Module):
+    """One head per label factor (mask 3, gender 2, age 3); the output is the joint
+    log-probability of every class, log p(f1) + log p(f2) + ..., in label order (the label is a
+    mixed-radix code of the factors, first factor most significant). Softmax and argmax over it
+    give the 18-class prediction; each factor's loss is taken on its marginal (see
+    :class:`hpo.train.losses.FactorizedLoss`)."""
+
+    def __init__(self, body: nn.Module, sizes: tuple[int, ...]) -> None:
+        super().__init__()
+        self.body, self.sizes = body, tuple(sizes)
+        self.head = nn.Linear(body.num_features, sum(self.sizes))
+
+    def get_classifier(self) -> nn.Module:  # the part a frozen backbone keeps training
+        return self.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = self.head(self.body(x)).float().split(self.sizes, dim=1)
+        joint = torch.zeros((x.shape[0],) + (1,) * len(self.sizes), device=x.device)
+        for axis, part in enumerate(parts):
+            shape = [x.shape[0]] + [1] * len(self.sizes)
+            shape[axis + 1] = self.sizes[axis]
+            joint = joint + part.log_softmax(1).view(shape)
+        return joint.flatten(1)
+
+
+@HEADS.register("factorized")
+def factorized_head(backbone: str, pretrained: bool | str, num_classes: int, factors: tuple) -> nn.Module:
+    sizes = tuple(size for _, size in factors)
+    if not sizes or int(np.prod(sizes)) != num_classes:
+        raise ConfigError("search.head: factorized needs labels made of factors (the mask format's"
+                          " mask x gender x age); use head: single for this data")
+    return FactorizedModel(timm_model(backbone, pretrained, 0), sizes)
 
 
 class FreezeStrategy:
