@@ -79,7 +79,7 @@ def test_diverging_trial_is_pruned_with_its_reason(image_root, tmp_path, monkeyp
         def __call__(self, logits, target):
             return logits.sum() * float("nan")
 
-    monkeypatch.setattr(loop, "build_loss", lambda *a, **k: NanLoss())
+    monkeypatch.setattr(loop, "build_criterion", lambda *a, **k: NanLoss())
     spec = parse_spec(tiny_study(image_root, tmp_path))
     study = study_for(spec)
     study.optimize(objective_for(spec), n_trials=1)

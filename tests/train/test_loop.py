@@ -65,7 +65,7 @@ def test_nan_loss_raises_diverged(data, monkeypatch):
         def forward(self, logits, target):
             return logits.sum() * float("nan")
 
-    monkeypatch.setattr(loop, "build_loss", lambda *a, **k: NanLoss())
+    monkeypatch.setattr(loop, "build_criterion", lambda *a, **k: NanLoss())
     with pytest.raises(TrainingDiverged, match="training loss became nan in fold 0 epoch 0"):
         fit_fold(config(), data, CPU)
 

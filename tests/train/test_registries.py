@@ -9,6 +9,7 @@ import timm
 import torch
 
 from hpo.data.augment import OPS, PRESETS, build_pipeline
+from hpo.data.loader import SAMPLING
 from hpo.train.config import AugmentOp, Component
 from hpo.train.loop import fit_fold
 from hpo.train.losses import CLASS_WEIGHTS, LOSSES, build_loss
@@ -170,3 +171,18 @@ def test_unfreeze_after_n_epochs():
         trainable.append(sum(p.requires_grad for p in model.parameters()))
     total = len(list(model.parameters()))
     assert trainable[0] == trainable[1] < total == trainable[2]
+
+
+@pytest.mark.parametrize("name", list(SAMPLING))
+def test_every_sampling_trains(data, name):
+    trains(data, sampling=name)
+
+
+def test_weighted_sampling_draws_classes_equally_often():
+    labels = np.array([0] * 90 + [1] * 9 + [2] * 1)
+    sampler = SAMPLING.get("weighted")(labels, torch.Generator().manual_seed(0))
+    drawn = np.bincount(labels[list(sampler)], minlength=3)
+    assert len(drawn) == 3 and drawn.sum() == 100
+    drawn = np.bincount(labels[[i for _ in range(50) for i in sampler]], minlength=3) / 5000
+    assert np.allclose(drawn, 1 / 3, atol=0.03)
+    assert SAMPLING.get("uniform")(labels, torch.Generator()) is None
