@@ -20,6 +20,7 @@ from optuna.trial import FixedTrial, FrozenTrial, TrialState
 from hpo.config import StudySpec, apply_override, parse_spec
 from hpo.data.folds import plan_digest
 from hpo.errors import ConfigError
+from hpo.files import write_whole
 from hpo.space import trial_config
 from hpo.storage import ATTR_FINGERPRINT, ATTR_PLAN, ATTR_SPEC
 from hpo.train.config import TrainConfig
@@ -112,12 +113,7 @@ def export_study(study: optuna.Study, trial: int | None = None, top_k: int = 1) 
 
 
 def write_export(export: Export, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(yaml.safe_dump(export.to_dict(), sort_keys=False))
-    partial.replace(path)  # never a half-written export
-    return path
+    return write_whole(path, yaml.safe_dump(export.to_dict(), sort_keys=False))
 
 
 def read_export(path: Path) -> Export:

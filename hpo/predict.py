@@ -10,6 +10,7 @@ horizontally flipped image too.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from hpo.data.formats import IMAGE_EXTENSIONS, read_rgb
 from hpo.data.loader import to_input
 from hpo.data.table import resize_image
 from hpo.errors import DataError
+from hpo.files import write_whole
 from hpo.final import MANIFEST
 from hpo.train.config import TrainConfig
 from hpo.train.loop import autocast_for
@@ -141,17 +143,13 @@ def write_submission(inputs: Inputs, predicted: np.ndarray, path: Path, classes:
     """The CSV: the eval listing with ``ans`` filled (its order kept), or ImageID,ans. ``classes``
     writes class names instead of class indices."""
     answers = [classes[i] if classes else str(int(i)) for i in predicted]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("w", newline="") as handle:
-        if inputs.rows is not None:
-            writer = csv.DictWriter(handle, fieldnames=inputs.columns)
-            writer.writeheader()
-            writer.writerows({**row, ANSWER: answer} for row, answer in zip(inputs.rows, answers, strict=True))
-        else:
-            writer = csv.writer(handle)
-            writer.writerow([LISTING_ID, ANSWER])
-            writer.writerows(zip(inputs.ids, answers, strict=True))
-    partial.replace(path)
-    return path
+    buffer = io.StringIO(newline="")
+    if inputs.rows is not None:
+        writer = csv.DictWriter(buffer, fieldnames=inputs.columns)
+        writer.writeheader()
+        writer.writerows({**row, ANSWER: answer} for row, answer in zip(inputs.rows, answers, strict=True))
+    else:
+        rows = csv.writer(buffer)
+        rows.writerow([LISTING_ID, ANSWER])
+        rows.writerows(zip(inputs.ids, answers, strict=True))
+    return write_whole(path, buffer.getvalue())

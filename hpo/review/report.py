@@ -17,6 +17,7 @@ import optuna.visualization as vis
 import plotly.graph_objects as go
 from optuna.trial import TrialState
 
+from hpo.files import write_whole
 from hpo.study import COUNTED, best_value, count_states
 
 log = logging.getLogger(__name__)
@@ -85,9 +86,4 @@ def write_report(study: optuna.Study, classes: list[str] | None, path: Path) -> 
         from hpo.errors import ConfigError
 
         raise ConfigError(f"study {study.study_name!r} has no complete trial yet; run it before reporting")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(report_html(study, classes))
-    partial.replace(path)
-    return path
+    return write_whole(path, report_html(study, classes))
