@@ -268,8 +268,9 @@ def predict(
         task = progress.add_task("predict", total=len(inputs.ids))
         probs = predict_probabilities(models, inputs.paths, device, tta, batch_size,
                                       lambda n: progress.advance(task, n))
-    write_submission(inputs, probs.argmax(1), output, classes if class_names else None)
-    counts = ", ".join(f"{classes[i]}: {n}" for i, n in enumerate(np.bincount(probs.argmax(1), minlength=len(classes))) if n)
+    predicted = probs.argmax(1)
+    write_submission(inputs, predicted, output, classes if class_names else None)
+    counts = ", ".join(f"{classes[i]}: {n}" for i, n in enumerate(np.bincount(predicted, minlength=len(classes))) if n)
     console.print(f"wrote {output} ({len(inputs.ids)} rows; predicted {counts})", soft_wrap=True, highlight=False)
 
 

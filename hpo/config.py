@@ -270,9 +270,13 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         raise ConfigError(f"--set {assignment!r}: value is not valid YAML ({e.problem})") from e
 
 
-def parse_spec(raw: Any, source: str = "study file") -> StudySpec:
+def parse_spec(raw: Any, source: str = "study file", overrides: Sequence[str] = ()) -> StudySpec:
+    """Validate a study mapping after applying ``--set`` overrides to a copy of it."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level (name:, data:, search: ...)")
+    raw = copy.deepcopy(raw)
+    for assignment in overrides:
+        apply_override(raw, assignment)
     try:
         spec = StudySpec.model_validate(raw)
     except ValidationError as e:
@@ -285,7 +289,7 @@ def parse_spec(raw: Any, source: str = "study file") -> StudySpec:
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
         prefix = f"{location}: " if location else ""
         raise ConfigError(f"{source}: {prefix}{message}{more}") from None
-    spec._raw = copy.deepcopy(raw)
+    spec._raw = raw
     return spec
 
 
@@ -300,10 +304,7 @@ def load_spec(study: str | Path, overrides: Sequence[str] = ()) -> StudySpec:
         raise ConfigError(
             f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)}); fix the syntax"
         ) from e
-    if isinstance(raw, dict):
-        for assignment in overrides:
-            apply_override(raw, assignment)
-    return parse_spec(raw, str(path))
+    return parse_spec(raw, str(path), overrides)
 
 
 def load_spec_or_stored(study: str, overrides: Sequence[str], stored: Callable[[], dict[str, Any]]) -> StudySpec:
@@ -312,10 +313,7 @@ def load_spec_or_stored(study: str, overrides: Sequence[str], stored: Callable[[
     try:
         find_study_file(study)
     except ConfigError:
-        raw = stored()
-        for assignment in overrides:
-            apply_override(raw, assignment)
-        return parse_spec(raw, f"study {study!r} (from storage)")
+        return parse_spec(stored(), f"study {study!r} (from storage)", overrides)
     return load_spec(study, overrides)
 
 

@@ -17,7 +17,7 @@ import optuna
 import yaml
 from optuna.trial import FixedTrial, FrozenTrial, TrialState
 
-from hpo.config import StudySpec, apply_override, parse_spec
+from hpo.config import StudySpec, parse_spec
 from hpo.data.folds import plan_digest
 from hpo.errors import ConfigError
 from hpo.files import write_whole
@@ -65,10 +65,7 @@ class Export:
 
     def study_spec(self, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
         """The study's spec; overrides such as ``data.root=/new/place`` for moved data."""
-        raw = yaml.safe_load(yaml.safe_dump(self.spec))  # a deep copy
-        for assignment in overrides:
-            apply_override(raw, assignment)
-        return parse_spec(raw, f"export of study {self.study!r}")
+        return parse_spec(self.spec, f"export of study {self.study!r}", overrides)
 
     def to_dict(self) -> dict[str, Any]:
         return {"hpo_export": FORMAT_VERSION, "study": self.study, "data_fingerprint": self.data_fingerprint,

@@ -18,7 +18,7 @@ from hpo.errors import ConfigError
 from hpo.review.note import ensure_note
 from hpo.space import candidates, param_names
 from hpo.storage import open_storage, open_study, resolve_url, study_lock
-from hpo.train.models import create_model
+from hpo.train.models import check_head, create_model
 
 # Trials that count towards the budget. A FAIL (a crash, or a worker that died) does not: it is
 # retried or replaced, so the study still ends with its full budget of results.
@@ -37,9 +37,8 @@ def check_pretrained(spec: StudySpec) -> None:
 def check_data_choices(spec: StudySpec, table: ImageTable) -> None:
     """Searched choices that depend on the data: a factorized head needs label factors, and
     training-label options must be the format's own (and valid)."""
-    if "factorized" in candidates(spec.search.head) and not table.factors:
-        raise ConfigError(f"search.head: factorized needs labels made of factors (format mask); format"
-                          f" {spec.data.format!r} has none: use head: single")
+    for head in candidates(spec.search.head):
+        check_head(head, table.factors, table.num_classes)
     for key, param in spec.search.labels.items():
         for value in candidates(param):
             table.training_labels({key: value})

@@ -49,14 +49,15 @@ def _section(title: str, body: str) -> str:
 
 
 def report_html(study: optuna.Study, classes: list[str] | None) -> str:
-    counts = count_states(study)
+    trials = study.get_trials(deepcopy=False)
+    counts = count_states(study, trials)
     best = best_value(study)
     summary = ", ".join(f"{s.name.lower()} {n}" for s, n in counts.items() if n)
     sections, first = [], True
     figures = dict(PLOTS)
     if best is not None and "confusion_matrix" in study.best_trial.user_attrs:
         figures["Best trial: confusion matrix"] = lambda s: confusion_figure(s.best_trial, classes)
-    finished = [t for t in study.get_trials(deepcopy=False) if t.state in COUNTED]
+    finished = sum(counts[s] for s in COUNTED)
     for title, plot in figures.items():
         try:
             with warnings.catch_warnings():
@@ -75,7 +76,7 @@ def report_html(study: optuna.Study, classes: list[str] | None) -> str:
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}} .skipped{{color:#888}}</style>
 </head><body>
 <h1>Study {html.escape(study.study_name)}</h1>
-<p>{len(finished)} finished trials ({summary}); {best_line}.</p>
+<p>{finished} finished trials ({summary}); {best_line}.</p>
 {chr(10).join(sections)}
 </body></html>
 """

@@ -96,11 +96,16 @@ class FactorizedModel(nn.Module):
 
 @HEADS.register("factorized")
 def factorized_head(backbone: str, pretrained: bool | str, num_classes: int, factors: tuple) -> nn.Module:
-    sizes = tuple(size for _, size in factors)
-    if not sizes or int(np.prod(sizes)) != num_classes:
+    check_head("factorized", factors, num_classes)
+    return FactorizedModel(timm_model(backbone, pretrained, 0), tuple(size for _, size in factors))
+
+
+def check_head(head: str, factors: tuple[tuple[str, int], ...], num_classes: int) -> None:
+    """A factorized head needs labels that are a code of factors (the mask format's)."""
+    HEADS.get(head, "search.head")
+    if head == "factorized" and (not factors or int(np.prod([n for _, n in factors])) != num_classes):
         raise ConfigError("search.head: factorized needs labels made of factors (the mask format's"
                           " mask x gender x age); use head: single for this data")
-    return FactorizedModel(timm_model(backbone, pretrained, 0), sizes)
 
 
 class FreezeStrategy:
