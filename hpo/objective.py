@@ -67,15 +67,23 @@ class Objective:
         )
         folds: list[FoldResult] = []
         out_of_memory = False
+        # Artifacts are drawn only for a trial that ended (complete, pruned, diverged, out of
+        # memory): a worker being stopped must fail and re-enqueue its trial at once.
+        ended = False
         try:
             self._train_folds(trial, cfg, folds)
+            ended = True
+        except optuna.TrialPruned:
+            ended = True
+            raise
         except TrainingDiverged as e:
+            ended = True
             trial.set_user_attr("prune_reason", f"diverged: {e}")
             raise optuna.TrialPruned(f"diverged: {e}") from e
         except torch.OutOfMemoryError:
-            out_of_memory = True  # handled below, once the failed step's tensors are released
+            ended = out_of_memory = True  # handled below, once the failed step's tensors are released
         finally:
-            self._record(trial, folds, time.perf_counter() - started)
+            self._record(trial, folds, time.perf_counter() - started, review=ended)
         if out_of_memory:
             # PRUNED, not FAIL: TPE learns from pruned trials but ignores failed ones, and would
             # keep proposing the configuration that does not fit.
@@ -123,18 +131,19 @@ class Objective:
             trial.set_user_attr("prune_reason", reason)
             raise optuna.TrialPruned(reason)
 
-    def _record(self, trial: optuna.Trial, folds: list[FoldResult], seconds: float) -> None:
-        """User attributes and artifacts for review: kept for pruned trials too (for the folds
-        they finished)."""
+    def _record(self, trial: optuna.Trial, folds: list[FoldResult], seconds: float, review: bool) -> None:
+        """User attributes for review, kept for pruned trials too (for the folds they trained);
+        with ``review``, the artifacts and the trial's note as well."""
         trial.set_user_attr("wall_seconds", round(seconds, 2))
         folds = [f for f in folds if f.history]
         if not folds:
             return
-        review = TrialReview(self.table.classes, folds)
-        if review.has_predictions:
-            trial.set_user_attr("confusion_matrix", review.confusion().tolist())
-            trial.set_user_attr("artifacts", upload_review(trial, self.artifacts, review))
-        save_note(trial, trial_note(folds, seconds, trial.user_attrs.get("prune_reason")))
+        if review:
+            results = TrialReview(self.table.classes, folds)
+            if results.has_predictions:
+                trial.set_user_attr("confusion_matrix", results.confusion().tolist())
+                trial.set_user_attr("artifacts", upload_review(trial, self.artifacts, results))
+            save_note(trial, trial_note(folds, seconds, trial.user_attrs.get("prune_reason")))
         f1 = [f.best_f1 for f in folds]
         trial.set_user_attr("fold_f1", [round(v, 5) for v in f1])
         trial.set_user_attr("f1_std", round(float(np.std(f1)), 5))
