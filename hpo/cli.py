@@ -26,6 +26,10 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a stud
 StorageOpt = Annotated[str | None, typer.Option("--storage", help="Storage URL (default: $HPO_STORAGE, else a SQLite file in runs/<study>/)")]
 TrialsOpt = Annotated[int | None, typer.Option("--n-trials", help="Total trials of the study (overrides budget.n_trials)", min=1)]
 TimeoutOpt = Annotated[str | None, typer.Option("--timeout", help="Stop starting trials after this long: 90s, 30m, 8h")]
+TensorBoardOpt = Annotated[Path | None, typer.Option("--tensorboard", help="Log every trial's curves here for TensorBoard (tracking.tensorboard)")]
+
+data_app = typer.Typer(no_args_is_help=True, help="Look at the data and prepare it before a search.")
+app.add_typer(data_app, name="data")
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -60,6 +64,12 @@ def _seconds(timeout: str | None) -> float | None:
         raise ConfigError(f"--timeout: {e}") from None
 
 
+def _overrides(set_: list[str] | None, tensorboard: Path | None = None) -> list[str]:
+    """--set assignments, with the options that are study-file keys added as such (so worker
+    processes started by `hpo run` receive them too)."""
+    return [*(set_ or []), *([f"tracking.tensorboard={tensorboard}"] if tensorboard else [])]
+
+
 def _spec(study: str, overrides: list[str], storage: str | None):  # noqa: ANN202
     """The study file, or (for a worker joining from elsewhere) the spec kept in the storage."""
     from hpo.config import load_spec_or_stored
@@ -80,6 +90,7 @@ def run(
     gpus: Annotated[str | None, typer.Option(help="GPUs to use, e.g. 0,1,2,3 (default: all visible)")] = None,
     trials_per_gpu: Annotated[int, typer.Option(help="Workers sharing each GPU", min=1)] = 1,
     live: Annotated[bool, typer.Option(help="Live progress display (off when not a terminal)")] = True,
+    tensorboard: TensorBoardOpt = None,
 ) -> None:
     """Run (or resume) a study until its total trial budget is reached."""
     from hpo.config import find_study_file, load_spec
@@ -88,12 +99,13 @@ def run(
     from hpo.workers.loop import raise_on_sigterm
 
     raise_on_sigterm()
-    spec = load_spec(study, set_ or [])
+    overrides = _overrides(set_, tensorboard)
+    spec = load_spec(study, overrides)
     gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
     result = run_study(
         spec, storage, n_trials, _seconds(timeout), console, live=live and console.is_terminal,
         workers=workers, gpus=gpu_list, trials_per_gpu=trials_per_gpu,
-        study_file=find_study_file(study).resolve(), overrides=set_ or [],
+        study_file=find_study_file(study).resolve(), overrides=overrides,
     )
     Console(width=None if sys.stdout.isatty() else 120).print(summary_table(result.study))
 
@@ -106,6 +118,7 @@ def worker(
     n_trials: TrialsOpt = None,
     timeout: TimeoutOpt = None,
     set_: SetOpt = None,
+    tensorboard: TensorBoardOpt = None,
 ) -> None:
     """Join a study as one worker (from this or any machine) and run trials until its budget
     is reached. Without the study file here, the spec stored with the study is used."""
@@ -121,7 +134,7 @@ def worker(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if threads := os.environ.get("HPO_THREADS"):
         torch.set_num_threads(int(threads))
-    spec = _spec(study, set_ or [], storage)
+    spec = _spec(study, _overrides(set_, tensorboard), storage)
     handle = connect(spec, storage)
     # Workers start with the same sampler seed; without a reseed they would propose the same
     # parameters in lockstep (Optuna does the same for its threads).
@@ -305,6 +318,39 @@ def validate(study: StudyOpt, set_: SetOpt = None) -> None:
     console.print(f"{spec.name}: valid; {len(table)} images, {table.num_classes} classes, fold sizes {sizes}")
     if table.skipped:
         console.print(table.skipped_summary(), soft_wrap=True, highlight=False)
+
+
+@data_app.command("describe")
+@user_errors
+def data_describe(
+    study: StudyOpt,
+    output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write")] = Path("eda.html"),
+    set_: SetOpt = None,
+) -> None:
+    """Describe the study's data before a search, as one HTML page: class balance and weights,
+    label factors, image sizes and pixel statistics, sample images, unreadable files, the folds."""
+    from hpo.config import load_spec
+    from hpo.review.eda import describe_data, summary_table
+
+    description = describe_data(load_spec(study, set_ or []), output, progress=console.is_terminal)
+    Console(width=None if sys.stdout.isatty() else 120).print(summary_table(description))
+    console.print(f"wrote {output}", soft_wrap=True, highlight=False)
+
+
+@data_app.command("prepare")
+@user_errors
+def data_prepare(study: StudyOpt, set_: SetOpt = None) -> None:
+    """Decode, crop and resize every image once, at every image size the study can sample, into
+    the cache every trial and worker on this machine reads ($HPO_CACHE, default ~/.cache/hpo)."""
+    from hpo.config import load_spec
+    from hpo.data.prepare import prepare_cache
+
+    spec = load_spec(study, set_ or [])
+    for entry in prepare_cache(spec, progress=console.is_terminal):
+        where = entry.path or "memory (HPO_CACHE=off)"
+        console.print(f"{entry.size} px: {entry.images} images, {entry.megabytes:.0f} MB"
+                      f" {'built' if entry.built else 'already cached'} in {entry.seconds:.1f} s -> {where}",
+                      soft_wrap=True, highlight=False)
 
 
 def main() -> None:

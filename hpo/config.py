@@ -161,6 +161,29 @@ class WorkersSpec(_Model):
         return self
 
 
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+class TrainSpec(_Model):
+    """How trials run on the machine; not searched, and not part of the recipe's results."""
+
+    compile: str = Field("off", description="torch.compile mode, or off")
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _mode(cls, value: Any) -> str:
+        value = {False: "off", True: "default", None: "off"}.get(value, value) if isinstance(value, (bool, type(None))) else value
+        if value not in COMPILE_MODES:
+            raise ValueError(f"{value!r} is not a torch.compile mode; use true, false or one of: {', '.join(COMPILE_MODES)}")
+        return value
+
+
+class TrackingSpec(_Model):
+    """Where every trial's curves are logged besides the study (see hpo.tracking)."""
+
+    tensorboard: Path | None = Field(None, description="folder of TensorBoard runs: <study>/trial-N/fold-K")
+
+
 class StudySpec(_Model):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
@@ -174,6 +197,8 @@ class StudySpec(_Model):
     data: DataSpec
     cv: CVSpec = CVSpec()
     workers: WorkersSpec = WorkersSpec()
+    train: TrainSpec = TrainSpec()
+    tracking: TrackingSpec = TrackingSpec()
     search: SearchSpace
     seed_trials: list[dict[str, Any]] = Field(default_factory=list, description="parameters run first")
     output_dir: Path | None = None

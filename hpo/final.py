@@ -21,8 +21,9 @@ import numpy as np
 import torch
 import yaml
 
+from hpo.data.cache import decoded
 from hpo.data.folds import iter_folds, plan_digest
-from hpo.data.table import ImageTable, decoded
+from hpo.data.table import ImageTable
 from hpo.errors import DataError
 from hpo.export import Export, ExportedTrial
 from hpo.study import prepare

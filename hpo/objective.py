@@ -19,13 +19,15 @@ import torch
 from optuna_dashboard import save_note
 
 from hpo.config import StudySpec
+from hpo.data.cache import decoded
 from hpo.data.folds import iter_folds
-from hpo.data.table import ImageTable, decoded
+from hpo.data.table import ImageTable
 from hpo.errors import TrainingDiverged
 from hpo.review.artifacts import TrialReview, artifact_location, open_artifact_store, upload_review
 from hpo.review.note import trial_note
 from hpo.space import trial_config
 from hpo.strategy import report_step, reports_per_fold
+from hpo.tracking import build_trackers
 from hpo.train.config import TrainConfig
 from hpo.train.loop import EpochResult, FoldData, FoldResult, fit_fold
 
@@ -56,10 +58,33 @@ class Objective:
         self.device = device or pick_device()
         self.on_epoch = on_epoch
         self.artifacts = open_artifact_store(artifact_location(spec))
+        self.trackers = build_trackers(spec)
 
     def __call__(self, trial: optuna.Trial) -> float:
         cfg = trial_config(trial, self.spec)
         trial.set_user_attr("config", cfg.to_dict())  # the full recipe, fixed values included
+        for tracker in self.trackers:
+            tracker.trial_started(trial.number, trial.params, cfg)
+        outcome: tuple[str, float | None, str | None] = ("FAIL", None, None)
+        try:
+            value = self._run(trial, cfg)
+            outcome = ("COMPLETE", value, None)
+            return value
+        except optuna.TrialPruned as e:
+            outcome = ("PRUNED", None, str(e))
+            raise
+        except BaseException as e:  # a crash, or the worker being stopped: the trial is retried
+            outcome = ("FAIL", None, f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            for tracker in self.trackers:
+                tracker.trial_ended(trial.number, *outcome)
+            if self.device.type == "cuda":
+                # Hand the memory of this trial back to the GPU at once: a packed neighbour
+                # (--trials-per-gpu) may need it before this worker's next trial does.
+                torch.cuda.empty_cache()
+
+    def _run(self, trial: optuna.Trial, cfg: TrainConfig) -> float:
         started = time.perf_counter()
         trial.set_user_attr(
             "device",
@@ -103,20 +128,29 @@ class Objective:
         for fold, train_idx, val_idx in iter_folds(self.plan):
             data = FoldData(images, self.table.labels, train_idx, val_idx, self.table.num_classes,
                             train_labels, self.table.factors)
-            callback = None if per_fold else self._reporter(trial, cfg.max_epochs)
             folds.append(FoldResult(fold))  # filled as it trains: a pruned fold keeps its epochs
-            fit_fold(cfg, data, self.device, fold, callback, into=folds[-1])
+            fit_fold(cfg, data, self.device, fold, self._reporter(trial, cfg.max_epochs, per_fold),
+                     into=folds[-1])
+            for tracker in self.trackers:
+                tracker.fold_ended(trial.number, folds[-1], cfg.patience)
             if per_fold:
                 trial.report(folds[-1].best_f1, fold)
                 self._prune_if_asked(trial, f"after fold {fold} (F1 {folds[-1].best_f1:.4f})")
 
-    def _reporter(self, trial: optuna.Trial, max_epochs: int) -> Callable[[EpochResult], None]:
+    def _reporter(self, trial: optuna.Trial, max_epochs: int, per_fold: bool) -> Callable[[EpochResult], None]:
+        """After every epoch: trackers, display, progress; and, unless the pruner judges whole
+        folds, the report to the pruner, which may stop the trial here."""
+
         def report(result: EpochResult) -> None:
+            for tracker in self.trackers:
+                tracker.epoch(trial.number, result)
             # Visible to `hpo status` and the pool's display, from any machine.
             trial.set_user_attr("progress", {"fold": result.fold, "epoch": result.epoch,
                                              "f1": round(result.macro_f1, 4)})
             if self.on_epoch is not None:
                 self.on_epoch(EpochEvent(trial.number, result, self.spec.cv.folds))
+            if per_fold:
+                return
             step = report_step(self.spec.pruner.type, result.fold, result.epoch, max_epochs)
             trial.report(result.macro_f1, step)
             self._prune_if_asked(

@@ -94,6 +94,7 @@ class SearchSpace:
     head: Param
     sampling: Param
     labels: Mapping[str, Param]  # training-label options of the data format (mask: age_boundary)
+    accumulate: Param = Fixed(1)  # gradient accumulation: batches per optimizer step
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,6 +239,7 @@ def parse_search(raw: Mapping[str, Any]) -> SearchSpace:
         "head",
         "sampling",
         "labels",
+        "accumulate",
     }
     unknown = set(raw) - known
     if unknown:
@@ -324,6 +326,9 @@ def parse_search(raw: Mapping[str, Any]) -> SearchSpace:
         head=head,
         sampling=sampling,
         labels={key: parse_param(f"search.labels.{key}", value) for key, value in labels.items()},
+        accumulate=check(
+            "search.accumulate", param("accumulate", 1), _number(1, 1024, True), "an integer in [1, 1024]"
+        ),
     )
 
 
@@ -331,7 +336,7 @@ def param_names(space: SearchSpace) -> set[str]:
     """Every Optuna parameter name this space can produce (conditional ones included)."""
     names = {
         key for key in ("backbone", "pretrained", "lr", "weight_decay", "class_weights", "batch_size",
-                        "image_size", "mixup", "cutmix", "head", "sampling")
+                        "image_size", "mixup", "cutmix", "head", "sampling", "accumulate")
         if not isinstance(getattr(space, key), (Fixed, type(None)))
     }
     for key in ("freeze", "optimizer", "scheduler", "loss"):
@@ -415,6 +420,8 @@ def trial_config(trial: optuna.Trial, spec: Any) -> TrainConfig:
         head=suggest(trial, "head", space.head),
         sampling=suggest(trial, "sampling", space.sampling),
         label_options={key: suggest(trial, f"labels.{key}", p) for key, p in space.labels.items()},
+        accumulate=int(suggest(trial, "accumulate", space.accumulate)),
+        compile=spec.train.compile,
         mean=spec.data.mean,
         std=spec.data.std,
     )

@@ -96,6 +96,14 @@ def _no_env_storage(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HPO_STORAGE", raising=False)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def decoded_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The decoded-image cache of the whole run (worker processes inherit it): not ~/.cache."""
+    root = tmp_path_factory.mktemp("hpo-cache")
+    os.environ["HPO_CACHE"] = str(root)
+    return root
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     return f"HPO_TEST_POSTGRES_URL={'set' if os.environ.get('HPO_TEST_POSTGRES_URL') else 'unset'}"
 

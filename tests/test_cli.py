@@ -30,9 +30,14 @@ def test_run_end_to_end_stores_the_trials(image_root, tmp_path):
     path = write_study(tmp_path / "tiny.yaml", study)
     db = tmp_path / "cli.db"
     done = hpo(
-        "run", "--study", str(path), "--storage", f"sqlite:///{db}", "--set", "cv.folds=3", cwd=tmp_path
+        "run", "--study", str(path), "--storage", f"sqlite:///{db}", "--set", "cv.folds=3",
+        "--tensorboard", str(tmp_path / "tb"), cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr
+    # Every trial logged its folds for TensorBoard (tests/test_tracking.py reads them back).
+    runs = sorted(p.name for p in (tmp_path / "tb" / "tiny").iterdir())
+    assert runs == ["trial-0000", "trial-0001", "trial-0002"]
+    assert list((tmp_path / "tb" / "tiny" / "trial-0000" / "fold-0").glob("events.out.tfevents.*"))
     assert "study tiny" in done.stderr and "0/3 trials done" in done.stderr
     assert "3 finished trials" in done.stdout
     stored = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}")
@@ -83,6 +88,21 @@ def test_unreachable_storage_exits_2(study_file, tmp_path):
     assert done.returncode == 2
     assert "cannot open storage postgresql+psycopg://bob:***@127.0.0.1:1/hpo" in done.stderr
     assert "hunter2" not in done.stderr + done.stdout
+
+
+def test_data_prepare_builds_each_image_size_once(study_file, tmp_path):
+    import os
+
+    env = {**os.environ, "HPO_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "hpo", "data", "prepare", "--study", str(study_file),
+               "--set", "search.image_size={choices: [12, 16]}"]
+    first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert first.returncode == 0, first.stderr
+    assert "12 px: 120 images" in first.stderr and "16 px: 120 images" in first.stderr
+    assert first.stderr.count(" built in ") == 2
+    assert len(list((tmp_path / "cache" / "decoded").glob("*.npy"))) == 2
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert again.stderr.count("already cached") == 2
 
 
 def test_validate_reports_fold_sizes(study_file, tmp_path):

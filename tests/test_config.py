@@ -66,6 +66,9 @@ def spec_error(image_root: Path, tmp_path: Path, **changes) -> str:
         ({"cv__folds": 1}, "cv.folds: Input should be greater than or equal to 2"),
         ({"budget__timeout": "soon"}, "cannot read duration 'soon'"),
         ({"epochs": 3}, "epochs: Extra inputs are not permitted"),
+        ({"search__accumulate": 0}, "search.accumulate: 0 is not an integer in [1, 1024]"),
+        ({"train__compile": "fastest"}, "train.compile: 'fastest' is not a torch.compile mode; use true, false or one of"),
+        ({"tracking__wandb": "proj"}, "tracking.wandb: Extra inputs are not permitted"),
     ],
 )
 def test_invalid_study_is_one_clear_error(image_root, tmp_path, changes, expected):

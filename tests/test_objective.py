@@ -116,3 +116,24 @@ def test_mask_trial_trains_three_heads_on_lowered_ages_and_scores_true_labels(ma
     assert matrix.shape == (18, 18)
     assert matrix.sum(axis=1).tolist() == table.class_counts().tolist()
     assert len(trial.user_attrs["per_class_f1"]) == 18
+
+
+def test_next_trial_reads_no_image_again(image_root, tmp_path, monkeypatch):
+    """Decoded once per machine: after the first trial (or `hpo data prepare`), trials of any
+    worker process map the cache and decode nothing."""
+    from hpo.data import cache
+
+    monkeypatch.setenv(cache.ENV_CACHE, str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "_opened", {})
+    spec = parse_spec(tiny_study(image_root, tmp_path, budget__max_epochs=1))
+    objective = objective_for(spec)
+    reads = []
+    original = objective.table.read
+    objective.table.read = lambda i: (reads.append(i), original(i))[1]
+    study = study_for(spec)
+    study.optimize(objective, n_trials=1)
+    assert len(reads) == len(objective.table)
+    cache._opened.clear()  # as a fresh worker process would start
+    study.optimize(objective, n_trials=2)
+    assert len(reads) == len(objective.table)  # nothing decoded again
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)

@@ -48,6 +48,7 @@ def _file_table(root: Path, classes: list[str], rows: list[tuple[Path, int, str]
         identity=identity,
         read=lambda i: read_rgb(paths[i]),
         describe=lambda i: str(paths[i]),
+        files=paths,
     )
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import albumentations as A
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 
+from hpo.data.cache import available_cpus
 from hpo.registry import Registry
 
 # How training samples are drawn each epoch: a factory (labels of the training side, seeded
@@ -31,7 +34,9 @@ def weighted(labels: np.ndarray, generator: torch.Generator) -> Sampler:
 class AugmentedImages(Dataset):
     """The ``indices`` of uint8 HWC images, augmented per sample (normalised later, on the device).
 
-    Indexing into the shared array avoids a copy of the training side for every fold.
+    Indexing into the shared (memory-mapped) array avoids a copy of the training side for every
+    fold. Batches are fetched whole (``__getitems__``): one gather from the array and one tensor
+    per batch instead of one per image and a collate that stacks them.
     """
 
     def __init__(
@@ -43,11 +48,23 @@ class AugmentedImages(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        index = self.indices[i]
-        image = self.images[index]
+        images, labels = self.__getitems__([i])
+        return images[0], int(labels[0])
+
+    def __getitems__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = self.indices[positions]
+        order = np.argsort(index)  # the memory map reads fastest in file order
+        batch = np.empty((len(index), *self.images.shape[1:]), dtype=np.uint8)
+        batch[order] = self.images[index[order]]
         if self.pipeline is not None:
-            image = self.pipeline(image=image)["image"]
-        return torch.from_numpy(np.ascontiguousarray(image)), int(self.labels[index])
+            for k in range(len(batch)):
+                batch[k] = self.pipeline(image=batch[k])["image"]
+        return torch.from_numpy(batch), torch.from_numpy(self.labels[index])
+
+
+def _whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch ``__getitems__`` built is already collated."""
+    return batch
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -56,6 +73,21 @@ def _seed_worker(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     if info is not None and info.dataset.pipeline is not None:
         info.dataset.pipeline.set_random_seed(info.seed % 2**32)
+
+
+def loader_workers(device: torch.device, augmented: bool) -> int:
+    """DataLoader worker processes: on a GPU with augmentations, one per CPU core this worker may
+    use (``HPO_THREADS``, set per packed worker by ``hpo run``; else every core), less one for
+    the training process; ``HPO_LOADER_WORKERS`` overrides. Without augmentations a batch is
+    one gather from the cache, which the training process does faster than a pipe would carry it.
+    On the CPU the cores are busy training, so augmentation runs in-process.
+    """
+    if override := os.environ.get("HPO_LOADER_WORKERS"):
+        return max(0, int(override))
+    if device.type != "cuda" or not augmented:
+        return 0
+    cores = int(os.environ.get("HPO_THREADS") or available_cpus())
+    return max(1, min(16, cores - 1))
 
 
 def train_loader(
@@ -70,20 +102,21 @@ def train_loader(
 ) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     sampler = SAMPLING.get(sampling, "search.sampling")(labels[indices], generator)
-    on_gpu = device.type == "cuda"
-    workers = min(8, (torch.multiprocessing.cpu_count() or 1)) if on_gpu and pipeline else 0
+    workers = loader_workers(device, pipeline is not None)
     return DataLoader(
         AugmentedImages(images, labels, indices, pipeline),
         batch_size=batch_size,
         shuffle=sampler is None,
         sampler=sampler,
+        collate_fn=_whole_batch,
         # A last batch of one sample breaks BatchNorm; drop the remainder when there is more.
         drop_last=len(indices) > batch_size,
         generator=generator,
         num_workers=workers,
         persistent_workers=workers > 0,
+        prefetch_factor=4 if workers else None,
         worker_init_fn=_seed_worker,
-        pin_memory=on_gpu,
+        pin_memory=device.type == "cuda",
     )
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from hpo.data.cache import available_cpus, remembered
 from hpo.data.formats import FORMATS, IMAGE_EXTENSIONS, _existing_dir, read_rgb
 from hpo.data.table import ImageTable
 from hpo.errors import ConfigError, DataError
@@ -105,6 +106,19 @@ def _apply_relabel(people: dict[str, Person], entries: list[dict[str, Any]]) -> 
             photos[a], photos[b] = photos.get(b), photos.get(a)
 
 
+def _find_corrupt(files: list[Path], base: Path) -> list[str | None]:
+    """Why each photo cannot be read, or None. Verifying reads every file, so the answer is
+    remembered in the cache folder by file, size and modification time: every worker process
+    loads the table, and only the first one on a machine pays for the reads."""
+
+    def verify() -> list[str | None]:
+        with ThreadPoolExecutor(available_cpus()) as pool:
+            return list(pool.map(_is_corrupt, files))
+
+    stamps = [(str(f.relative_to(base)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return remembered("mask-verify", [str(base.resolve()), stamps], verify)
+
+
 def _is_corrupt(path: Path) -> str | None:
     try:
         with Image.open(path) as image:
@@ -154,8 +168,7 @@ def mask(*, root: str | None = None, corrupt: str = "fail", relabel: str | list 
     _apply_relabel(people, _load_relabel(relabel))
 
     samples = [(p, stem, file) for p in people.values() for stem, file in sorted(p.photos.items()) if file]
-    with ThreadPoolExecutor(8) as pool:
-        problems = list(pool.map(lambda s: _is_corrupt(s[2]), samples))
+    problems = _find_corrupt([file for _, _, file in samples], base)
     broken = [(s[2], why) for s, why in zip(samples, problems, strict=True) if why]
     if broken and corrupt == "fail":
         path, why = broken[0]
@@ -188,4 +201,6 @@ def mask(*, root: str | None = None, corrupt: str = "fail", relabel: str | list 
         factors=FACTORS,
         relabel_for_training=training_labels,
         skipped={k: v for k, v in skipped.items() if v},
+        files=paths,
+        meta={"age": ages},
     )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -35,6 +35,12 @@ class ImageTable:
     # Training-time labels under options such as the mask format's age_boundary; None: no options.
     relabel_for_training: Callable[..., np.ndarray] | None = None
     skipped: dict[str, int] = field(default_factory=dict)  # files left out, by reason
+    # The image files, for formats that read files: their modification times key the decoded
+    # cache (a file rewritten in place is decoded again) and ``hpo data describe`` names types.
+    files: Sequence[Path] | None = None
+    # Per-sample numbers a format knows beyond the label, shown by ``hpo data describe``
+    # (the mask format's ages).
+    meta: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -68,14 +74,31 @@ class ImageTable:
         return np.bincount(labels, minlength=self.num_classes)
 
     def fingerprint(self) -> str:
-        """A digest of classes, labels, groups and sample identities: detects changed data."""
-        digest = hashlib.sha256()
-        for part in (self.classes, self.labels.tolist(), self.groups.tolist(), list(self.identity)):
-            digest.update(repr(part).encode())
+        """A digest of classes, labels, groups and sample identities: detects changed data.
+
+        The same on every machine that holds the same data (no paths or times in it)."""
+        if not hasattr(self, "_fingerprint"):
+            digest = hashlib.sha256()
+            for part in (self.classes, self.labels.tolist(), self.groups.tolist(), list(self.identity)):
+                digest.update(repr(part).encode())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
+
+    def content_key(self) -> str:
+        """The fingerprint plus the files' modification times: keys this machine's decoded cache,
+        so an image replaced by one of the same size is still decoded again."""
+        if self.files is None:
+            return self.fingerprint()
+        digest = hashlib.sha256(self.fingerprint().encode())
+        digest.update(repr([path.stat().st_mtime_ns for path in self.files]).encode())
         return digest.hexdigest()[:16]
 
-
-_decoded: dict[tuple[str, int, tuple[int, int] | None], np.ndarray] = {}
+    def read_checked(self, i: int) -> np.ndarray:
+        """``read(i)``, with any failure (PIL raises several types) as a DataError naming the file."""
+        try:
+            return self.read(i)
+        except Exception as e:
+            raise DataError(f"cannot read {self.describe(i)} ({e}); replace or remove the file") from e
 
 
 def resize_image(image: np.ndarray, size: int, crop: tuple[int, int] | None = None) -> np.ndarray:
@@ -89,22 +112,3 @@ def resize_image(image: np.ndarray, size: int, crop: tuple[int, int] | None = No
     interpolation = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
     return cv2.resize(image, (size, size), interpolation=interpolation)
 
-
-def decoded(table: ImageTable, size: int, crop: tuple[int, int] | None = None, threads: int = 8) -> np.ndarray:
-    """All images (centre-cropped to ``crop``) resized to ``size`` x ``size``, as one uint8
-    array (N, size, size, 3). Decoded once per process, size and crop, then shared by every
-    trial and fold.
-    """
-    key = (table.fingerprint(), size, crop)
-    if key not in _decoded:
-
-        def load(i: int) -> np.ndarray:
-            try:
-                image = table.read(i)
-            except Exception as e:  # PIL raises several types for corrupt files
-                raise DataError(f"cannot read {table.describe(i)} ({e}); replace or remove the file") from e
-            return resize_image(image, size, crop)
-
-        with ThreadPoolExecutor(threads) as pool:
-            _decoded[key] = np.stack(list(pool.map(load, range(len(table)))))
-    return _decoded[key]

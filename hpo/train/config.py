@@ -50,6 +50,8 @@ class TrainConfig:
     head: str = "single"  # a registry entry of hpo.train.models.HEADS
     sampling: str = "uniform"  # a registry entry of hpo.data.loader.SAMPLING
     label_options: dict[str, Any] = field(default_factory=dict)  # training labels, e.g. age_boundary
+    accumulate: int = 1  # batches per optimizer step: effective batch = batch_size x accumulate
+    compile: str = "off"  # torch.compile mode (default, reduce-overhead, max-autotune) or off
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (lists, dicts, scalars), ready for YAML or JSON."""

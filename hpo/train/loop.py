@@ -4,6 +4,7 @@ per-epoch results go to a callback, which may raise to stop the run (the pruner 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import time
 from collections.abc import Callable
@@ -59,6 +60,8 @@ class EpochResult:
     accuracy: float
     lr: float
     images_per_second: float
+    frozen: bool = False  # the backbone was frozen this epoch (freeze: backbone / unfreeze)
+    stale_epochs: int = 0  # epochs since the best one, against the patience
 
 
 @dataclass
@@ -72,6 +75,7 @@ class FoldResult:
     best_state: dict[str, torch.Tensor] | None = None
     best_predictions: np.ndarray | None = None  # validation predictions of the best epoch
     val_labels: np.ndarray | None = None
+    stopped_early: int | None = None  # the epoch after which patience ran out
 
     @property
     def images_per_second(self) -> float:
@@ -93,6 +97,52 @@ def autocast_for(
     if torch.cuda.is_bf16_supported():
         return partial(torch.autocast, "cuda", dtype=torch.bfloat16), None
     return partial(torch.autocast, "cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+
+
+class Stepper:
+    """Backward passes and optimizer steps, with gradient accumulation: every ``accumulate``
+    batches make one optimizer step (and one scheduler step), each batch's loss scaled by the
+    size of its group, so the gradient is that of one batch ``accumulate`` times larger (for
+    models without batch statistics; BatchNorm still sees the small batches). The last group
+    of an epoch may be shorter and is scaled by its own size.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+                 accumulate: int, batches_per_epoch: int) -> None:
+        self.optimizer, self.scaler = optimizer, scaler
+        self.accumulate, self.batches = max(1, accumulate), batches_per_epoch
+        self.on_step: Callable[[], None] = lambda: None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.batches // self.accumulate)
+
+    def backward(self, loss: torch.Tensor, batch: int) -> None:
+        """``batch``: the batch's index in the epoch."""
+        start = batch - batch % self.accumulate
+        group = min(self.accumulate, self.batches - start)
+        scaled = loss / group if group > 1 else loss
+        if self.scaler is None:
+            scaled.backward()
+        else:
+            self.scaler.scale(scaled).backward()
+        if batch - start == group - 1:
+            if self.scaler is None:
+                self.optimizer.step()
+            else:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.on_step()
+
+
+def compiled(model: nn.Module, mode: str) -> nn.Module:
+    """``torch.compile`` in ``mode`` (off: the model as it is). ``HPO_COMPILE_BACKEND`` picks
+    another backend than inductor (aot_eager checks the graph without generating code)."""
+    if mode == "off":
+        return model
+    backend = os.environ.get("HPO_COMPILE_BACKEND", "inductor")
+    return torch.compile(model, mode=None if mode == "default" else mode, backend=backend)
 
 
 class Mixer:
@@ -173,11 +223,15 @@ def fit_fold(
         device,
         cfg.sampling,
     )
-    schedule = build_schedule(cfg.scheduler.name, cfg.scheduler.args, optimizer, len(loader), cfg.max_epochs)
+    autocast, scaler = autocast_for(device)
+    stepper = Stepper(optimizer, scaler, cfg.accumulate, len(loader))
+    schedule = build_schedule(cfg.scheduler.name, cfg.scheduler.args, optimizer, stepper.steps_per_epoch,
+                              cfg.max_epochs)
+    stepper.on_step = schedule.after_batch
     counts = np.bincount(data.fit_labels[data.train_idx], minlength=data.num_classes)
     criterion = build_criterion(cfg.loss.name, cfg.loss.args, cfg.class_weights, counts, device,
                                 data.factors, cfg.head)
-    autocast, scaler = autocast_for(device)
+    forward = compiled(model, cfg.compile)
     mixer = Mixer(cfg.mixup, cfg.cutmix, seed)
     mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
@@ -187,72 +241,71 @@ def fit_fold(
     result = into if into is not None else FoldResult(fold)
     result.val_labels = val_labels
     stale_epochs = 0
-    for epoch in range(cfg.max_epochs):
-        model.train()
-        freeze.apply(model, epoch)
-        loss_sum = torch.zeros((), device=device)
-        seen, started = 0, time.perf_counter()
-        for images, labels in loader:
-            x = to_input(images, device, mean, std)
-            y = labels.to(device, non_blocking=True)
-            x, y_mixed, lam = mixer(x, y)
-            with autocast():
-                logits = model(x)
-                loss = (
-                    criterion(logits, y)
-                    if lam == 1.0
-                    else (lam * criterion(logits, y) + (1 - lam) * criterion(logits, y_mixed))
-                )
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-                optimizer.step()
+    try:
+        for epoch in range(cfg.max_epochs):
+            model.train()
+            frozen = freeze.apply(model, epoch)
+            loss_sum = torch.zeros((), device=device)
+            seen, started = 0, time.perf_counter()
+            for batch, (images, labels) in enumerate(loader):
+                x = to_input(images, device, mean, std)
+                y = labels.to(device, non_blocking=True)
+                x, y_mixed, lam = mixer(x, y)
+                with autocast():
+                    logits = forward(x)
+                    loss = (
+                        criterion(logits, y)
+                        if lam == 1.0
+                        else (lam * criterion(logits, y) + (1 - lam) * criterion(logits, y_mixed))
+                    )
+                stepper.backward(loss, batch)
+                loss_sum += loss.detach() * len(y)
+                seen += len(y)
+            train_loss = float(loss_sum) / max(seen, 1)  # one host sync per epoch
+            throughput = seen / (time.perf_counter() - started)
+            if not np.isfinite(train_loss):
+                raise TrainingDiverged(f"training loss became {train_loss} in fold {fold} epoch {epoch}")
+            if not len(data.val_idx):
+                result.history.append(EpochResult(fold, epoch, train_loss, float("nan"), float("nan"),
+                                                  float("nan"), current_lr(optimizer), throughput, frozen))
+                if on_epoch is not None:
+                    on_epoch(result.history[-1])
+                schedule.after_epoch(None)
+                continue
+
+            logits = predict_logits(
+                forward, data.images, data.val_idx, max(256, 2 * cfg.batch_size), device, mean, std, autocast
+            )
+            val_loss = float(nn.functional.cross_entropy(logits, val_targets))
+            predicted = logits.argmax(1).cpu().numpy()
+            labels_all = list(range(data.num_classes))
+            macro_f1 = float(f1_score(val_labels, predicted, average="macro", labels=labels_all, zero_division=0))
+            accuracy = float(accuracy_score(val_labels, predicted))
+
+            if macro_f1 > result.best_f1:
+                result.best_f1, result.best_epoch, result.best_accuracy = macro_f1, epoch, accuracy
+                result.per_class_f1 = f1_score(
+                    val_labels, predicted, average=None, labels=labels_all, zero_division=0
+                ).tolist()
+                result.best_predictions = predicted
+                if keep_best_state:
+                    result.best_state = _cpu_state(model)
+                stale_epochs = 0
             else:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            schedule.after_batch()
-            loss_sum += loss.detach() * len(y)
-            seen += len(y)
-        train_loss = float(loss_sum) / max(seen, 1)  # one host sync per epoch
-        throughput = seen / (time.perf_counter() - started)
-        if not np.isfinite(train_loss):
-            raise TrainingDiverged(f"training loss became {train_loss} in fold {fold} epoch {epoch}")
-        if not len(data.val_idx):
-            result.history.append(EpochResult(fold, epoch, train_loss, float("nan"), float("nan"),
-                                              float("nan"), current_lr(optimizer), throughput))
-            schedule.after_epoch(None)
-            continue
-
-        logits = predict_logits(
-            model, data.images, data.val_idx, max(256, 2 * cfg.batch_size), device, mean, std, autocast
-        )
-        val_loss = float(nn.functional.cross_entropy(logits, val_targets))
-        predicted = logits.argmax(1).cpu().numpy()
-        labels_all = list(range(data.num_classes))
-        macro_f1 = float(f1_score(val_labels, predicted, average="macro", labels=labels_all, zero_division=0))
-        accuracy = float(accuracy_score(val_labels, predicted))
-        epoch_result = EpochResult(
-            fold, epoch, train_loss, val_loss, macro_f1, accuracy, current_lr(optimizer), throughput
-        )
-        result.history.append(epoch_result)
-
-        if macro_f1 > result.best_f1:
-            result.best_f1, result.best_epoch, result.best_accuracy = macro_f1, epoch, accuracy
-            result.per_class_f1 = f1_score(
-                val_labels, predicted, average=None, labels=labels_all, zero_division=0
-            ).tolist()
-            result.best_predictions = predicted
-            if keep_best_state:
-                result.best_state = _cpu_state(model)
-            stale_epochs = 0
-        else:
-            stale_epochs += 1
-        if on_epoch is not None:
-            on_epoch(epoch_result)  # may raise to stop the run (pruning)
-        if cfg.patience is not None and stale_epochs >= cfg.patience:
-            break
-        schedule.after_epoch(macro_f1)
+                stale_epochs += 1
+            epoch_result = EpochResult(fold, epoch, train_loss, val_loss, macro_f1, accuracy,
+                                       current_lr(optimizer), throughput, frozen, stale_epochs)
+            result.history.append(epoch_result)
+            if on_epoch is not None:
+                on_epoch(epoch_result)  # may raise to stop the run (pruning)
+            if cfg.patience is not None and stale_epochs >= cfg.patience:
+                result.stopped_early = epoch
+                break
+            schedule.after_epoch(macro_f1)
+    finally:
+        # A pruned or failed fold lets go of its loader processes now, not when the traceback
+        # that references this frame is collected.
+        del loader
     if not len(data.val_idx) and keep_best_state:
         result.best_state, result.best_epoch = _cpu_state(model), cfg.max_epochs - 1
     return result

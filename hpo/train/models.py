@@ -114,8 +114,8 @@ class FreezeStrategy:
     def __init__(self, frozen_until: int) -> None:
         self.frozen_until = frozen_until  # epochs with the backbone frozen (0: never frozen)
 
-    def apply(self, model: nn.Module, epoch: int) -> None:
-        """Call after ``model.train()`` at the start of every epoch."""
+    def apply(self, model: nn.Module, epoch: int) -> bool:
+        """Call after ``model.train()`` at the start of every epoch; True while frozen."""
         frozen = epoch < self.frozen_until
         head = set(map(id, model.get_classifier().parameters()))
         for param in model.parameters():
@@ -124,6 +124,7 @@ class FreezeStrategy:
             for module in model.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
+        return frozen
 
 
 @FREEZE.register("none")

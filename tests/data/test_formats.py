@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
+from hpo.data.cache import decoded
 from hpo.data.formats import load_table
-from hpo.data.table import decoded
 from hpo.errors import DataError
 from tests.conftest import CLASSES, PER_CLASS
 

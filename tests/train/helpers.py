@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from hpo.data.cache import decoded
 from hpo.data.folds import fold_indices, make_fold_plan
 from hpo.data.formats import load_table
-from hpo.data.table import decoded
 from hpo.train.config import Component, TrainConfig
 from hpo.train.loop import FoldData
 

@@ -98,3 +98,57 @@ def test_missing_weights_file_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="pretrained weights file .*missing.pth does not exist"):
         create_model("test_resnet", str(tmp_path / "missing.pth"), num_classes=3)
+
+
+def _updates(batches, accumulate):
+    """Parameter change after a Stepper runs ``batches`` with SGD(lr=1): minus the gradient."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    stepper = loop.Stepper(optimizer, None, accumulate, len(batches))
+    steps = []
+    stepper.on_step = lambda: steps.append(1)
+    for i, (x, y) in enumerate(batches):
+        stepper.backward(torch.nn.functional.cross_entropy(model(x), y), i)
+    return [b - p.detach() for b, p in zip(before, model.parameters(), strict=True)], len(steps)
+
+
+def test_accumulating_4_x_8_is_one_batch_of_32():
+    generator = torch.Generator().manual_seed(1)
+    x, y = torch.randn(32, 2, 2, 3, generator=generator), torch.randint(0, 3, (32,), generator=generator)
+    whole, whole_steps = _updates([(x, y)], accumulate=1)
+    accumulated, steps = _updates([(x[i : i + 8], y[i : i + 8]) for i in range(0, 32, 8)], accumulate=4)
+    assert whole_steps == steps == 1
+    for a, b in zip(whole, accumulated, strict=True):
+        assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
+    # A short last group (5 batches, groups of 4 and 1) is scaled by its own size.
+    batches = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 32, 8)] + [(x[:8], y[:8])]
+    assert _updates(batches, accumulate=4)[1] == 2
+
+
+def test_accumulation_steps_the_schedule_once_per_optimizer_step(data):
+    # One-cycle refuses to step past its total: the schedule must count optimizer steps.
+    cfg = config(max_epochs=2, accumulate=3, scheduler=Component("onecycle"))
+    result = fit_fold(cfg, data, CPU)
+    assert len(result.history) == 2
+    assert result.history[-1].lr < result.history[0].lr  # annealed to the end of the cycle
+
+
+def test_freeze_then_unfreeze_and_patience_are_visible_per_epoch(data):
+    seen = []
+    cfg = config(max_epochs=5, patience=2, lr=1e-12, freeze=Component("unfreeze", {"after": 2}))
+    result = fit_fold(cfg, data, CPU, on_epoch=seen.append)
+    assert [e.frozen for e in seen] == [True, True, False]
+    assert [e.stale_epochs for e in seen] == [0, 1, 2]
+    assert result.stopped_early == 2
+
+
+def test_compiled_model_trains(data, monkeypatch):
+    # aot_eager traces and runs the graph without generating code: quick, and it exercises the
+    # same torch.compile wrapping the inductor backend gets on a GPU machine.
+    monkeypatch.setenv("HPO_COMPILE_BACKEND", "aot_eager")
+    plain = fit_fold(config(max_epochs=1), data, CPU)
+    compiled = fit_fold(config(max_epochs=1, compile="default"), data, CPU)
+    assert compiled.history[0].train_loss == pytest.approx(plain.history[0].train_loss, rel=1e-3)
+    assert compiled.best_f1 == pytest.approx(plain.best_f1, abs=0.05)

@@ -1,0 +1,63 @@
+"""Training batches: gathered whole from the decoded array, augmented, loader workers sized."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hpo.data.augment import build_pipeline
+from hpo.data.loader import loader_workers, train_loader
+from hpo.train.config import AugmentOp
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+@pytest.fixture
+def images() -> np.ndarray:
+    # Every image is filled with its own index, so a batch names the images it holds.
+    return np.broadcast_to(np.arange(60, dtype=np.uint8)[:, None, None, None], (60, 6, 6, 3)).copy()
+
+
+def test_batches_hold_the_training_side_with_its_labels(images):
+    labels = np.arange(60) % 4
+    train = np.arange(10, 50)
+    loader = train_loader(images, labels, train, None, batch_size=8, seed=0, device=CPU)
+    seen = []
+    for x, y in loader:
+        assert x.shape == (8, 6, 6, 3) and x.dtype == torch.uint8 and y.dtype == torch.int64
+        ids = x[:, 0, 0, 0].numpy()
+        assert (y.numpy() == labels[ids]).all()  # labels travel with their images
+        assert (x.numpy() == ids[:, None, None, None]).all()
+        seen.extend(ids.tolist())
+    assert sorted(seen) == train.tolist()  # one epoch = every training image once, no validation image
+
+
+def test_augmented_batches_change_pixels_but_not_shape(images):
+    pipeline = build_pipeline([AugmentOp("noise", 1.0, 1.0)], 6, seed=0)
+    loader = train_loader(images, np.zeros(60, dtype=np.int64), np.arange(60), pipeline, 10, 0, CPU)
+    x, _ = next(iter(loader))
+    assert x.shape == (10, 6, 6, 3)
+    assert not all((x[k].numpy() == x[k, 0, 0, 0].item()).all() for k in range(10))
+    assert images.max() == 59  # the shared array itself is never written
+
+
+def test_loader_workers_follow_the_cores_of_this_worker(monkeypatch):
+    monkeypatch.delenv("HPO_LOADER_WORKERS", raising=False)
+    monkeypatch.setenv("HPO_THREADS", "8")  # hpo run gives each packed worker its share of cores
+    assert loader_workers(CUDA, augmented=True) == 7
+    assert loader_workers(CUDA, augmented=False) == 0  # a gather from the cache needs no process
+    assert loader_workers(CPU, augmented=True) == 0  # the cores are busy training
+    monkeypatch.setenv("HPO_THREADS", "1")
+    assert loader_workers(CUDA, augmented=True) == 1
+    monkeypatch.setenv("HPO_LOADER_WORKERS", "3")
+    assert loader_workers(CPU, augmented=False) == 3
+
+
+def test_loader_workers_give_the_same_batches_as_in_process(images, monkeypatch):
+    pipeline = build_pipeline([AugmentOp("hflip", 0.0, 0.5)], 6, seed=0)
+    monkeypatch.setenv("HPO_LOADER_WORKERS", "2")
+    with_workers = [y.tolist() for _, y in train_loader(images, np.arange(60), np.arange(60), pipeline, 12, 3, CPU)]
+    monkeypatch.setenv("HPO_LOADER_WORKERS", "0")
+    in_process = [y.tolist() for _, y in train_loader(images, np.arange(60), np.arange(60), pipeline, 12, 3, CPU)]
+    assert with_workers == in_process  # the seeded order does not depend on the worker count
