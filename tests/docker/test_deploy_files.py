@@ -43,6 +43,11 @@ def test_compose_has_db_workers_and_dashboard():
         assert services[name]["environment"]["HPO_STORAGE"].startswith("postgresql+psycopg://")
         assert_cli_accepts([a.replace("${HPO_STUDY:-digits}", "digits") for a in services[name]["command"]])
     assert services["worker"]["build"]["dockerfile"] == "docker/Dockerfile"
+    # Workers on one host share the decoded-image cache, and loader workers need shared memory.
+    worker = services["worker"]
+    cache = worker["environment"]["HPO_CACHE"]
+    assert any(v.endswith(f":{cache}") and v.split(":")[0] in compose["volumes"] for v in worker["volumes"])
+    assert worker["shm_size"].endswith("gb") and int(worker["shm_size"][:-2]) >= 1
 
 
 def test_k8s_job_runs_workers_in_parallel():
@@ -52,9 +57,14 @@ def test_k8s_job_runs_workers_in_parallel():
     assert_cli_accepts(container["args"])
     env = {e["name"]: e for e in container["env"]}
     assert "secretKeyRef" in env["HPO_STORAGE"]["valueFrom"]  # the password stays in a secret
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes[mounts[env["HPO_CACHE"]["value"]]]["hostPath"]  # one cache per node
+    assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
 
 
-@pytest.mark.parametrize("variable", ["HPO_STORAGE", "HPO_TEST_POSTGRES_URL", "HF_HOME", "HF_HUB_OFFLINE"])
+@pytest.mark.parametrize("variable", ["HPO_STORAGE", "HPO_TEST_POSTGRES_URL", "HF_HOME", "HF_HUB_OFFLINE", "HPO_CACHE",
+                                      "HPO_LOADER_WORKERS", "HPO_COMPILE_BACKEND"])
 def test_env_example_lists_every_variable(variable):
     text = (DOCKER.parent / ".env.example").read_text()
     assert re.search(rf"^{variable}=", text, re.M)

@@ -1,0 +1,171 @@
+"""The same search done the common way against `hpo run`: wall time, trials, best macro F1.
+
+Both run the same study (backbones, search space, sampler and seed, budget, folds, data: a
+folder of 384 x 512 JPEGs). The common way, as public solutions of the mask competition do it:
+one process, every image decoded with PIL and transformed with torchvision in every epoch of
+every fold, every trial trained for all its epochs (no pruning, no early stopping), the same
+recipe otherwise (hpo's model, optimizer, schedule and loss registries). hpo: `run_study` with
+the decoded cache (built inside the timed run), the median pruner and early stopping.
+
+    python bench/naive_vs_hpo.py                       # about 10 minutes on 2 CPU cores
+    python bench/naive_vs_hpo.py --trials 20 --per-class 200 --image-size 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+from PIL import Image
+from sklearn.metrics import f1_score
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _photos import write_photos  # noqa: E402
+
+from hpo.config import parse_spec  # noqa: E402
+from hpo.data import cache  # noqa: E402
+from hpo.data.folds import iter_folds, make_fold_plan  # noqa: E402
+from hpo.data.formats import load_table  # noqa: E402
+from hpo.objective import pick_device  # noqa: E402
+from hpo.space import trial_config  # noqa: E402
+from hpo.train.losses import build_criterion  # noqa: E402
+from hpo.train.models import build_freeze, create_model, to_device  # noqa: E402
+from hpo.train.optim import build_optimizer, build_schedule  # noqa: E402
+
+
+def study_dict(root: Path, args: argparse.Namespace) -> dict:
+    return {
+        "name": "naive_vs_hpo",
+        "seed": 0,
+        "sampler": {"type": "tpe", "n_startup_trials": 4},
+        "pruner": {"type": "median", "n_startup_trials": 3, "n_warmup_steps": 1},
+        "budget": {"n_trials": args.trials, "max_epochs": args.epochs, "patience": 2},
+        "data": {"format": "imagefolder", "root": str(root), "image_size": args.image_size,
+                 "normalization": "half"},
+        "cv": {"folds": args.folds, "seed": 0},
+        "search": {
+            "backbone": {"choices": ["resnet10t", "lcnet_050"]},
+            "optimizer": {"choose": {"adamw": {}, "sgd": {"momentum": 0.9}}},
+            "lr": {"low": 3e-4, "high": 3e-2, "log": True},
+            "weight_decay": {"low": 1e-5, "high": 1e-2, "log": True},
+            "scheduler": {"choose": ["cosine", "constant"]},
+            "loss": {"choose": {"cross_entropy": {}, "label_smoothing": {"epsilon": 0.1}}},
+            "batch_size": 32,
+            "augment": {"preset": "none", "ops": {"hflip": {"p": 0.5}}},
+        },
+    }
+
+
+class PhotoFiles(Dataset):
+    """The common way: open, decode and transform each photo every time it is drawn."""
+
+    def __init__(self, files: list[Path], labels: np.ndarray, transform: transforms.Compose) -> None:
+        self.files, self.labels, self.transform = files, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        with Image.open(self.files[i]) as image:
+            return self.transform(image.convert("RGB")), int(self.labels[i])
+
+
+def naive_objective(spec, table, plan, device: torch.device, workers: int):
+    size = spec.data.image_size
+    normalize = transforms.Normalize(spec.data.mean, spec.data.std)
+    train_tf = transforms.Compose([transforms.Resize((size, size)), transforms.RandomHorizontalFlip(),
+                                   transforms.ToTensor(), normalize])
+    val_tf = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(), normalize])
+    files = list(table.files)
+
+    def subset(idx: np.ndarray, tf: transforms.Compose) -> PhotoFiles:
+        return PhotoFiles([files[i] for i in idx], table.labels[idx], tf)
+
+    def objective(trial: optuna.Trial) -> float:
+        cfg = trial_config(trial, spec)
+        best = []
+        for _, train_idx, val_idx in iter_folds(plan):
+            torch.manual_seed(cfg.seed)
+            model = to_device(create_model(cfg.backbone, False, table.num_classes), device)
+            optimizer = build_optimizer(cfg.optimizer.name, cfg.optimizer.args, model, cfg.lr, cfg.weight_decay)
+            loader = DataLoader(subset(train_idx, train_tf), batch_size=cfg.batch_size, shuffle=True,
+                                drop_last=True, num_workers=workers)
+            val_loader = DataLoader(subset(val_idx, val_tf), batch_size=256, num_workers=workers)
+            schedule = build_schedule(cfg.scheduler.name, cfg.scheduler.args, optimizer, len(loader), cfg.max_epochs)
+            criterion = build_criterion(cfg.loss.name, cfg.loss.args, cfg.class_weights,
+                                        np.bincount(table.labels[train_idx]), device)
+            freeze, f1s = build_freeze("none", {}), []
+            for epoch in range(cfg.max_epochs):  # every epoch, no early stopping
+                model.train()
+                freeze.apply(model, epoch)
+                for x, y in loader:
+                    loss = criterion(model(x.to(device)), y.to(device))
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    schedule.after_batch()
+                model.eval()
+                with torch.no_grad():
+                    predicted = torch.cat([model(x.to(device)).argmax(1).cpu() for x, _ in val_loader]).numpy()
+                f1s.append(f1_score(table.labels[val_idx], predicted, average="macro"))
+                schedule.after_epoch(f1s[-1])
+            best.append(max(f1s))
+        return float(np.mean(best))
+
+    return objective
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--per-class", type=int, default=60, help="photos per class (6 classes)")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--naive-workers", type=int, default=0, help="DataLoader workers of the common way")
+    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "hpo-bench-photos")
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    root = write_photos(args.data / f"6x{args.per_class}", 6, args.per_class)
+    spec = parse_spec(study_dict(root, args))
+    device = pick_device()
+    table = load_table("imagefolder", {"root": str(root)})
+    plan = make_fold_plan(table, spec.cv.folds, spec.cv.seed)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"device: {name}; {len(table)} photos 384x512, {args.image_size} px, {args.trials} trials x"
+          f" {args.folds} folds x up to {args.epochs} epochs", flush=True)
+
+    started = time.perf_counter()
+    naive = optuna.create_study(direction="maximize", sampler=spec.build_sampler())
+    naive.optimize(naive_objective(spec, table, plan, device, args.naive_workers), n_trials=args.trials)
+    naive_seconds = time.perf_counter() - started
+    print(f"common way: {naive_seconds:.0f} s, {len(naive.trials)} trials complete, best macro F1"
+          f" {naive.best_value:.4f}", flush=True)
+
+    from hpo.run import run_study
+
+    work = Path(tempfile.mkdtemp(prefix="hpo-bench-"))
+    os.environ[cache.ENV_CACHE] = str(work / "cache")  # an empty cache: its build is timed too
+    started = time.perf_counter()
+    result = run_study(spec.model_copy(update={"output_dir": work / "runs"}), f"sqlite:///{work / 'study.db'}",
+                       live=False)
+    hpo_seconds = time.perf_counter() - started
+    states = [t.state.name for t in result.study.trials]
+    print(f"hpo run:    {hpo_seconds:.0f} s, {states.count('COMPLETE')} complete + {states.count('PRUNED')}"
+          f" pruned, best macro F1 {result.study.best_value:.4f}", flush=True)
+    print(f"speed-up: x{naive_seconds / hpo_seconds:.2f} for the same {args.trials} trials")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

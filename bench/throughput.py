@@ -1,0 +1,176 @@
+"""Training images/second: the model alone (the limit) against a real hpo trial on cached data.
+
+(a) the model alone: forward, backward and optimizer step on a synthetic batch already on the
+    device, with the same mixed precision, channels_last and (optionally) torch.compile a trial
+    uses;
+(b) a real trial: hpo's fit_fold on a folder of 384 x 512 JPEGs decoded once into the cache,
+    batches gathered from the memory map, augmented (--augment), moved and normalised on the
+    device; its training images/second (epochs after the first, which warms up) is the figure.
+
+Prints (b)/(a), plus what the data path costs per image on this machine: decoding a JPEG once
+(cache build), the albumentations preset per image on one core, and the common way (PIL decode +
+torchvision transforms every epoch) for comparison.
+
+    python bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 64
+    python bench/throughput.py --backbone efficientnet_b0 --image-size 224 --batch-size 64 --augment medium
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _photos import write_photos  # noqa: E402
+
+from hpo.data import cache  # noqa: E402
+from hpo.data.augment import build_pipeline, preset_ops  # noqa: E402
+from hpo.data.formats import load_table  # noqa: E402
+from hpo.objective import pick_device  # noqa: E402
+from hpo.train.config import AugmentOp, Component, TrainConfig  # noqa: E402
+from hpo.train.loop import FoldData, autocast_for, compiled, fit_fold  # noqa: E402
+from hpo.train.models import create_model, to_device  # noqa: E402
+from hpo.train.optim import build_optimizer  # noqa: E402
+
+CLASSES = 6
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def model_alone(args: argparse.Namespace, device: torch.device) -> float:
+    """Images/second of training steps on one synthetic batch resident on the device."""
+    model = compiled(to_device(create_model(args.backbone, False, CLASSES), device), args.compile)
+    optimizer = build_optimizer("adamw", {}, model, 1e-3, 0.01)
+    autocast, scaler = autocast_for(device)
+    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, CLASSES, (args.batch_size,), device=device)
+    model.train()
+
+    def step() -> None:
+        with autocast():
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+
+    for _ in range(args.warmup_steps):
+        step()
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync(device)
+    return args.steps * args.batch_size / (time.perf_counter() - started)
+
+
+def real_trial(args: argparse.Namespace, device: torch.device, images: np.ndarray, labels: np.ndarray) -> float:
+    ops = tuple(AugmentOp(name, m, p) for name, (m, p) in preset_ops(args.augment).items())
+    cfg = TrainConfig(
+        backbone=args.backbone, pretrained=False, freeze=Component("none"), optimizer=Component("adamw"),
+        lr=1e-3, weight_decay=0.01, scheduler=Component("constant"), loss=Component("cross_entropy"),
+        class_weights="none", batch_size=args.batch_size, image_size=args.image_size, augment=ops,
+        mixup=0.0, cutmix=0.0, max_epochs=args.epochs, patience=None, seed=0,
+        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), compile=args.compile,
+    )
+    everything = np.arange(len(labels))
+    val = everything[:: max(2, len(labels) // (2 * args.batch_size))][: args.batch_size]
+    train = np.setdiff1d(everything, val)
+    result = fit_fold(cfg, FoldData(images, labels, train, val, CLASSES), device)
+    rates = [e.images_per_second for e in result.history[1:]] or [result.history[0].images_per_second]
+    return statistics.median(rates)
+
+
+def augment_rate(images: np.ndarray, preset: str, seconds: float = 3.0) -> float:
+    """Images/second of the preset's albumentations pipeline in this (one) thread."""
+    ops = [AugmentOp(name, m, p) for name, (m, p) in preset_ops(preset).items()]
+    pipeline = build_pipeline(ops, images.shape[1], seed=0)
+    if pipeline is None:
+        return float("inf")
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        pipeline(image=np.ascontiguousarray(images[done % len(images)]))
+        done += 1
+    return done / (time.perf_counter() - started)
+
+
+def common_way_rate(table, size: int, seconds: float = 3.0) -> float:
+    """Images/second of PIL decode + torchvision Resize/flip/ToTensor/Normalize in one thread."""
+    from PIL import Image
+    from torchvision import transforms
+
+    transform = transforms.Compose([transforms.Resize((size, size)), transforms.RandomHorizontalFlip(),
+                                    transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        with Image.open(table.files[done % len(table)]) as image:
+            transform(image.convert("RGB"))
+        done += 1
+    return done / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--images", type=int, default=None, help="photos in the data set (default: 60 batches on GPU, 6 on CPU)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of the real trial (the first is warm-up)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps of the model alone")
+    parser.add_argument("--warmup-steps", type=int, default=None)
+    parser.add_argument("--augment", default="light", help="augmentation preset: none, light, medium, heavy")
+    parser.add_argument("--compile", default="off", help="torch.compile mode, or off")
+    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "hpo-bench-photos")
+    args = parser.parse_args()
+    device = pick_device()
+    gpu = device.type == "cuda"
+    args.images = args.images or args.batch_size * (60 if gpu else 6)
+    args.steps = args.steps or (50 if gpu else 5)
+    args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (10 if gpu else 2)
+    name = torch.cuda.get_device_name(device) if gpu else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"device: {name}; torch {torch.__version__}; {args.backbone} at {args.image_size} px, batch"
+          f" {args.batch_size}, augment {args.augment}, compile {args.compile}", flush=True)
+
+    per_class = -(-args.images // CLASSES)
+    root = write_photos(args.data / f"{CLASSES}x{per_class}", CLASSES, per_class)
+    table = load_table("imagefolder", {"root": str(root)})
+    os.environ.setdefault(cache.ENV_CACHE, str(args.data / "cache"))
+    path = cache.cache_path(table, args.image_size)
+    if path is not None and path.exists():
+        path.unlink()  # time a real build
+    started = time.perf_counter()
+    images = cache.decoded(table, args.image_size)
+    build = time.perf_counter() - started
+    print(f"decode once: {len(table)} JPEGs (384x512) -> cache in {build:.1f} s ="
+          f" {len(table) / build:.0f} images/s on {cache.available_cpus()} threads", flush=True)
+    print(f"common way, every epoch: PIL + torchvision {common_way_rate(table, args.image_size):.0f}"
+          f" images/s per core", flush=True)
+    print(f"augmentation ({args.augment}) on uint8: {augment_rate(images, args.augment):.0f} images/s per core",
+          flush=True)
+
+    alone = model_alone(args, device)
+    print(f"(a) model alone: {alone:.1f} images/s", flush=True)
+    trial = real_trial(args, device, images, table.labels)
+    print(f"(b) hpo trial:   {trial:.1f} images/s", flush=True)
+    print(f"ratio (b)/(a):   {trial / alone:.2f}")
+
+
+if __name__ == "__main__":
+    main()
