@@ -165,9 +165,12 @@ def main() -> None:
     print(f"augmentation ({args.augment}) on uint8: {augment_rate(images, args.augment):.0f} images/s per core",
           flush=True)
 
-    alone = model_alone(args, device)
-    print(f"(a) model alone: {alone:.1f} images/s", flush=True)
+    # (a) before and after (b): on a shared machine the speed drifts, the mean brackets (b).
+    before = model_alone(args, device)
     trial = real_trial(args, device, images, table.labels)
+    after = model_alone(args, device)
+    alone = (before + after) / 2
+    print(f"(a) model alone: {alone:.1f} images/s (before {before:.1f}, after {after:.1f})", flush=True)
     print(f"(b) hpo trial:   {trial:.1f} images/s", flush=True)
     print(f"ratio (b)/(a):   {trial / alone:.2f}")
 

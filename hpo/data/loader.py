@@ -52,10 +52,10 @@ class AugmentedImages(Dataset):
         return images[0], int(labels[0])
 
     def __getitems__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index = self.indices[positions]
-        order = np.argsort(index)  # the memory map reads fastest in file order
-        batch = np.empty((len(index), *self.images.shape[1:]), dtype=np.uint8)
-        batch[order] = self.images[index[order]]
+        # Sorted: the memory map reads in file order, and one gather is the batch's only copy.
+        # The order inside a batch does not matter to training; labels follow their images.
+        index = np.sort(self.indices[positions])
+        batch = self.images[index]
         if self.pipeline is not None:
             for k in range(len(batch)):
                 batch[k] = self.pipeline(image=batch[k])["image"]

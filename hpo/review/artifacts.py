@@ -88,7 +88,8 @@ def upload_review(trial: optuna.Trial, store, review: TrialReview) -> list[str]:
                 (rows_csv(per_class_rows(review.y_true, review.y_pred, review.classes), folder / "per_class.csv"),
                  "text/csv"),
                 (curves_png([f.history for f in review.folds], folder / "learning_curves.png",
-                            f"trial {trial.number}: learning curves"), "image/png"),
+                            f"trial {trial.number}: learning curves",
+                            [f.stopped_early for f in review.folds]), "image/png"),
             ]
             for path, mimetype in files:
                 upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial, mimetype=mimetype)

@@ -33,18 +33,28 @@ def confusion_png(matrix: np.ndarray, classes: Sequence[str], path: Path, title:
     return path
 
 
-def curves_png(histories: Sequence[Sequence[EpochResult]], path: Path, title: str) -> Path:
-    """Per fold: train and validation loss, validation macro F1, and learning rate by epoch."""
+def curves_png(histories: Sequence[Sequence[EpochResult]], path: Path, title: str,
+               stopped_early: Sequence[int | None] = ()) -> Path:
+    """Per fold: train and validation loss, validation macro F1, and learning rate by epoch.
+    Epochs trained with a frozen backbone are shaded; a fold that its patience stopped
+    (``stopped_early``: the epoch, per fold) ends in an x."""
     fig, (loss_ax, f1_ax, lr_ax) = plt.subplots(1, 3, figsize=(14, 4))
-    for history in histories:
+    frozen = max((e.epoch + 1 for history in histories for e in history if e.frozen), default=0)
+    for ax in (loss_ax, f1_ax, lr_ax) if frozen else ():
+        ax.axvspan(-0.5, frozen - 0.5, color="0.9", label="backbone frozen")
+    stops = dict(enumerate(stopped_early))
+    for index, history in enumerate(histories):
         if not history:
             continue
         fold = history[0].fold
         epochs = [e.epoch for e in history]
         line = loss_ax.plot(epochs, [e.train_loss for e in history], label=f"fold {fold} train")[0]
         loss_ax.plot(epochs, [e.val_loss for e in history], "--", color=line.get_color(), label=f"fold {fold} val")
-        f1_ax.plot(epochs, [e.macro_f1 for e in history], marker="o", label=f"fold {fold}")
+        f1_line = f1_ax.plot(epochs, [e.macro_f1 for e in history], marker="o", label=f"fold {fold}")[0]
         lr_ax.plot(epochs, [e.lr for e in history], label=f"fold {fold}")
+        if stops.get(index) is not None:
+            f1_ax.plot([history[-1].epoch], [history[-1].macro_f1], "x", markersize=12, mew=2,
+                       color=f1_line.get_color(), label=f"fold {fold}: early stop")
     for ax, name in ((loss_ax, "loss"), (f1_ax, "val macro F1"), (lr_ax, "learning rate")):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

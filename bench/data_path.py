@@ -1,0 +1,63 @@
+"""What the data path costs per image on one core: the albumentations presets on uint8 images,
+and fetching batches from the decoded array whole (hpo) or image by image with a collate.
+
+    python bench/data_path.py --image-size 224
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import augment_rate  # noqa: E402
+
+from hpo.data.loader import AugmentedImages, train_loader  # noqa: E402
+
+
+class PerImage(AugmentedImages):
+    """The usual Dataset: one tensor per image; the default collate stacks them."""
+
+    __getitems__ = None  # type: ignore[assignment]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        index = self.indices[i]
+        return torch.from_numpy(np.ascontiguousarray(self.images[index])), int(self.labels[index])
+
+
+def rate(loader: DataLoader, epochs: int = 5) -> float:
+    done, started = 0, time.perf_counter()
+    for _ in range(epochs):
+        for images, _ in loader:
+            done += len(images)
+    return done / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (args.images, args.image_size, args.image_size, 3), dtype=np.uint8)
+    labels = np.arange(args.images) % 6
+    everything = np.arange(args.images)
+    print(f"one core, {args.image_size} px uint8 images", flush=True)
+    for preset in ("light", "medium", "heavy"):
+        print(f"augmentation {preset}: {augment_rate(images, preset, 4.0):.0f} images/s", flush=True)
+    per_image = DataLoader(PerImage(images, labels, everything, None), batch_size=args.batch_size, shuffle=True)
+    print(f"batches image by image + collate: {rate(per_image):.0f} images/s", flush=True)
+    whole = train_loader(images, labels, everything, None, args.batch_size, 0, torch.device("cpu"))
+    print(f"batches gathered whole (hpo):     {rate(whole):.0f} images/s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
