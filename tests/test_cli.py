@@ -90,19 +90,26 @@ def test_unreachable_storage_exits_2(study_file, tmp_path):
     assert "hunter2" not in done.stderr + done.stdout
 
 
-def test_data_prepare_builds_each_image_size_once(study_file, tmp_path):
+def test_data_prepare_builds_each_image_size_once(study_file, tmp_path, monkeypatch):
     import os
 
+    from hpo.config import load_spec
+    from hpo.data import cache
+    from hpo.data.prepare import prepare_cache
+
+    sizes = "search.image_size={choices: [12, 16]}"
     env = {**os.environ, "HPO_CACHE": str(tmp_path / "cache")}
-    command = [sys.executable, "-m", "hpo", "data", "prepare", "--study", str(study_file),
-               "--set", "search.image_size={choices: [12, 16]}"]
+    command = [sys.executable, "-m", "hpo", "data", "prepare", "--study", str(study_file), "--set", sizes]
     first = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert first.returncode == 0, first.stderr
     assert "12 px: 120 images" in first.stderr and "16 px: 120 images" in first.stderr
     assert first.stderr.count(" built in ") == 2
     assert len(list((tmp_path / "cache" / "decoded").glob("*.npy"))) == 2
-    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
-    assert again.stderr.count("already cached") == 2
+    # Another process (here this one, through the same API) finds both already built.
+    monkeypatch.setenv("HPO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "_opened", {})
+    again = prepare_cache(load_spec(study_file, [sizes]))
+    assert [(p.size, p.built) for p in again] == [(12, False), (16, False)]
 
 
 def test_validate_reports_fold_sizes(study_file, tmp_path):

@@ -86,12 +86,14 @@ class ImageTable:
 
     def content_key(self) -> str:
         """The fingerprint plus the files' modification times: keys this machine's decoded cache,
-        so an image replaced by one of the same size is still decoded again."""
-        if self.files is None:
-            return self.fingerprint()
-        digest = hashlib.sha256(self.fingerprint().encode())
-        digest.update(repr([path.stat().st_mtime_ns for path in self.files]).encode())
-        return digest.hexdigest()[:16]
+        so an image replaced by one of the same size is still decoded again. Read once per
+        table: a study's data must not change under it (its fingerprint is checked on resume)."""
+        if not hasattr(self, "_content_key"):
+            digest = hashlib.sha256(self.fingerprint().encode())
+            if self.files is not None:
+                digest.update(repr([path.stat().st_mtime_ns for path in self.files]).encode())
+            self._content_key = digest.hexdigest()[:16]
+        return self._content_key
 
     def read_checked(self, i: int) -> np.ndarray:
         """``read(i)``, with any failure (PIL raises several types) as a DataError naming the file."""
