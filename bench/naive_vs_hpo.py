@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _photos import write_photos  # noqa: E402
+from _common import write_photos  # noqa: E402
 
 from hpo.config import parse_spec  # noqa: E402
 from hpo.data import cache  # noqa: E402

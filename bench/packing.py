@@ -27,24 +27,18 @@ def worker(args: argparse.Namespace) -> None:
     """One packed trial: wait for the common start, train, print images/second as JSON."""
     import numpy as np
     import torch
+    from _common import recipe
 
     from hpo.data import cache
     from hpo.data.formats import load_table
     from hpo.objective import pick_device
-    from hpo.train.config import Component, TrainConfig
     from hpo.train.loop import FoldData, fit_fold
 
     if threads := os.environ.get("HPO_THREADS"):
         torch.set_num_threads(int(threads))
     table = load_table("imagefolder", {"root": str(args.root)})
     images = cache.decoded(table, args.image_size)
-    cfg = TrainConfig(
-        backbone=args.backbone, pretrained=False, freeze=Component("none"), optimizer=Component("adamw"),
-        lr=1e-3, weight_decay=0.01, scheduler=Component("constant"), loss=Component("cross_entropy"),
-        class_weights="none", batch_size=args.batch_size, image_size=args.image_size, augment=(),
-        mixup=0.0, cutmix=0.0, max_epochs=args.epochs, patience=None, seed=args.index,
-        mean=(0.5,) * 3, std=(0.5,) * 3,
-    )
+    cfg = recipe(args.backbone, args.image_size, args.batch_size, args.epochs, seed=args.index)
     everything = np.arange(len(table))
     val = everything[:: 10]
     data = FoldData(images, table.labels, np.setdiff1d(everything, val), val, table.num_classes)
@@ -93,7 +87,7 @@ def main() -> None:
         return
 
     import torch
-    from _photos import write_photos
+    from _common import write_photos
 
     from hpo.data import cache
     from hpo.data.formats import load_table

@@ -29,14 +29,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _photos import write_photos  # noqa: E402
+from _common import recipe, write_photos  # noqa: E402
 
 from hpo.data import cache  # noqa: E402
 from hpo.data.augment import build_pipeline, preset_ops  # noqa: E402
 from hpo.data.formats import load_table  # noqa: E402
 from hpo.objective import pick_device  # noqa: E402
-from hpo.train.config import AugmentOp, Component, TrainConfig  # noqa: E402
-from hpo.train.loop import FoldData, autocast_for, compiled, fit_fold  # noqa: E402
+from hpo.train.config import AugmentOp  # noqa: E402
+from hpo.train.loop import FoldData, Stepper, autocast_for, compiled, fit_fold  # noqa: E402
 from hpo.train.models import create_model, to_device  # noqa: E402
 from hpo.train.optim import build_optimizer  # noqa: E402
 
@@ -58,18 +58,12 @@ def model_alone(args: argparse.Namespace, device: torch.device) -> float:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, CLASSES, (args.batch_size,), device=device)
     model.train()
+    stepper = Stepper(optimizer, scaler, accumulate=1, batches_per_epoch=1)  # the trial's own step
 
     def step() -> None:
         with autocast():
             loss = torch.nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        stepper.backward(loss, 0)
 
     for _ in range(args.warmup_steps):
         step()
@@ -83,13 +77,8 @@ def model_alone(args: argparse.Namespace, device: torch.device) -> float:
 
 def real_trial(args: argparse.Namespace, device: torch.device, images: np.ndarray, labels: np.ndarray) -> float:
     ops = tuple(AugmentOp(name, m, p) for name, (m, p) in preset_ops(args.augment).items())
-    cfg = TrainConfig(
-        backbone=args.backbone, pretrained=False, freeze=Component("none"), optimizer=Component("adamw"),
-        lr=1e-3, weight_decay=0.01, scheduler=Component("constant"), loss=Component("cross_entropy"),
-        class_weights="none", batch_size=args.batch_size, image_size=args.image_size, augment=ops,
-        mixup=0.0, cutmix=0.0, max_epochs=args.epochs, patience=None, seed=0,
-        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), compile=args.compile,
-    )
+    cfg = recipe(args.backbone, args.image_size, args.batch_size, args.epochs, augment=ops,
+                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), compile=args.compile)
     everything = np.arange(len(labels))
     val = everything[:: max(2, len(labels) // (2 * args.batch_size))][: args.batch_size]
     train = np.setdiff1d(everything, val)

@@ -172,7 +172,8 @@ class TrainSpec(_Model):
     @field_validator("compile", mode="before")
     @classmethod
     def _mode(cls, value: Any) -> str:
-        value = {False: "off", True: "default", None: "off"}.get(value, value) if isinstance(value, (bool, type(None))) else value
+        if value is None or isinstance(value, bool):
+            return "default" if value else "off"
         if value not in COMPILE_MODES:
             raise ValueError(f"{value!r} is not a torch.compile mode; use true, false or one of: {', '.join(COMPILE_MODES)}")
         return value

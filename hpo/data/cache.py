@@ -141,24 +141,26 @@ def decode_into(out: np.ndarray, table: ImageTable, size: int, crop: tuple[int, 
     def one(i: int) -> None:
         out[i] = resize_image(table.read_checked(i), size, crop)
 
-    with ThreadPoolExecutor(available_cpus()) as pool, _progress(f"decoding at {size} px", len(table),
-                                                                  progress) as advance:
+    with ThreadPoolExecutor(available_cpus()) as pool, \
+            image_progress(f"decoding at {size} px", len(table), progress) as advance:
         for _ in pool.map(one, range(len(table))):
             advance()
 
 
 @contextmanager
-def _progress(what: str, total: int, show: bool | None) -> Iterator[Callable[[], None]]:
-    """A rich progress bar on a terminal; elsewhere (worker logs) nothing per image."""
+def image_progress(what: str, total: int, show: bool | None) -> Iterator[Callable[[], None]]:
+    """A pass over a data set's images: yields ``advance()``, drawing a rich progress bar on
+    stderr when ``show`` (default: when stderr is a terminal); elsewhere (worker logs) nothing."""
     if show is None:
         show = sys.stderr.isatty()
     if not show:
         yield lambda: None
         return
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  transient=True) as bar:
+                  console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(what, total=total)
         yield lambda: bar.advance(task)
 
@@ -186,4 +188,4 @@ def remembered(name: str, key: Any, compute: Callable[[], Any]) -> Any:
     return value
 
 
-__all__ = ["ENV_CACHE", "cache_path", "cache_root", "decoded", "remembered"]
+__all__ = ["ENV_CACHE", "cache_path", "cache_root", "decoded", "image_progress", "remembered"]

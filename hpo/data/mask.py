@@ -115,7 +115,8 @@ def _find_corrupt(files: list[Path], base: Path) -> list[str | None]:
         with ThreadPoolExecutor(available_cpus()) as pool:
             return list(pool.map(_is_corrupt, files))
 
-    stamps = [(str(f.relative_to(base)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    stats = [f.stat() for f in files]  # one stat per photo: size and time
+    stamps = [(str(f.relative_to(base)), st.st_size, st.st_mtime_ns) for f, st in zip(files, stats, strict=True)]
     return remembered("mask-verify", [str(base.resolve()), stamps], verify)
 
 

@@ -22,11 +22,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from hpo.data.cache import available_cpus
+from hpo.data.cache import available_cpus, image_progress
 from hpo.data.folds import make_fold_plan
 from hpo.data.formats import load_table
 from hpo.data.mask import OLD_FROM, YOUNG_BELOW
@@ -232,12 +230,10 @@ def scan_pixels(table: ImageTable, progress: bool = False) -> PixelStats:
     samples: dict[int, list[bytes]] = {}
     unreadable: list[Unreadable] = []
     chosen = sample_indices(table.labels)
-    columns = (TextColumn("reading images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with ThreadPoolExecutor(available_cpus()) as pool, Progress(
-            *columns, console=Console(stderr=True), transient=True, disable=not progress) as bar:
-        task = bar.add_task("read", total=len(table))
+    with ThreadPoolExecutor(available_cpus()) as pool, \
+            image_progress("reading images", len(table), progress) as advance:
         for i, found in enumerate(pool.map(lambda i: _measure(table, i, i in chosen), range(len(table)))):
-            bar.advance(task)
+            advance()
             if isinstance(found, Unreadable):
                 unreadable.append(found)
                 continue

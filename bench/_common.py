@@ -1,6 +1,7 @@
-"""Synthetic photo folders for the benchmarks: JPEGs the size of the mask competition's
-(384 x 512), so decoding costs what it costs on real data, with a learnable but not trivial class
-(the colour and position of a blurred disc on a noisy, randomly lit background)."""
+"""What the benchmarks share: synthetic photo folders (JPEGs the size of the mask competition's,
+384 x 512, so decoding costs what it costs on real data, with a learnable but not trivial class:
+the colour and position of a blurred disc on a noisy, randomly lit background) and the plain
+training recipe they time."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from hpo.train.config import Component, TrainConfig
 
 COLOURS = [(200, 60, 60), (60, 170, 60), (60, 80, 200), (200, 180, 50), (150, 60, 170), (60, 170, 170)]
 
@@ -40,3 +43,14 @@ def write_photos(root: Path, classes: int, per_class: int, size: tuple[int, int]
         for i in range(per_class):
             photo(label, rng, size).save(folder / f"{i:04d}.jpg", quality=90)
     return root
+
+
+def recipe(backbone: str, image_size: int, batch_size: int, epochs: int, **changes) -> TrainConfig:
+    """AdamW at a constant 1e-3, cross-entropy, no augmentation or mixup, no early stopping."""
+    values = dict(
+        backbone=backbone, pretrained=False, freeze=Component("none"), optimizer=Component("adamw"),
+        lr=1e-3, weight_decay=0.01, scheduler=Component("constant"), loss=Component("cross_entropy"),
+        class_weights="none", batch_size=batch_size, image_size=image_size, augment=(), mixup=0.0,
+        cutmix=0.0, max_epochs=epochs, patience=None, seed=0, mean=(0.5,) * 3, std=(0.5,) * 3,
+    )
+    return TrainConfig(**{**values, **changes})
