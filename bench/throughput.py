@@ -7,6 +7,9 @@
     batches gathered from the memory map, augmented (--augment), moved and normalised on the
     device; its training images/second (epochs after the first, which warms up) is the figure.
 
+(c) the loader alone: the trial's own DataLoader (workers, augmentation, pinned memory) and the
+    copy to the device, no model: the most images/second the data path can feed.
+
 Prints (b)/(a), plus what the data path costs per image on this machine: decoding a JPEG once
 (cache build), the albumentations preset per image on one core, and the common way (PIL decode +
 torchvision transforms every epoch) for comparison.
@@ -29,10 +32,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import recipe, write_photos  # noqa: E402
+from _common import recipe, tiled, write_photos  # noqa: E402
 
 from hpo.data import cache  # noqa: E402
 from hpo.data.augment import build_pipeline, preset_ops  # noqa: E402
+from hpo.data.loader import loader_workers, to_input, train_loader  # noqa: E402
 from hpo.data.formats import load_table  # noqa: E402
 from hpo.objective import pick_device  # noqa: E402
 from hpo.train.config import AugmentOp  # noqa: E402
@@ -75,16 +79,36 @@ def model_alone(args: argparse.Namespace, device: torch.device) -> float:
     return args.steps * args.batch_size / (time.perf_counter() - started)
 
 
-def real_trial(args: argparse.Namespace, device: torch.device, images: np.ndarray, labels: np.ndarray) -> float:
+def trial_recipe(args: argparse.Namespace):
     ops = tuple(AugmentOp(name, m, p) for name, (m, p) in preset_ops(args.augment).items())
-    cfg = recipe(args.backbone, args.image_size, args.batch_size, args.epochs, augment=ops,
-                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), compile=args.compile)
+    return recipe(args.backbone, args.image_size, args.batch_size, args.epochs, augment=ops,
+                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), compile=args.compile)
+
+
+def real_trial(args: argparse.Namespace, device: torch.device, images: np.ndarray, labels: np.ndarray) -> float:
     everything = np.arange(len(labels))
     val = everything[:: max(2, len(labels) // (2 * args.batch_size))][: args.batch_size]
     train = np.setdiff1d(everything, val)
-    result = fit_fold(cfg, FoldData(images, labels, train, val, CLASSES), device)
+    result = fit_fold(trial_recipe(args), FoldData(images, labels, train, val, CLASSES), device)
     rates = [e.images_per_second for e in result.history[1:]] or [result.history[0].images_per_second]
     return statistics.median(rates)
+
+
+def loader_alone(args: argparse.Namespace, device: torch.device, images: np.ndarray, labels: np.ndarray) -> float:
+    """Images/second of the trial's loader and host-to-device copy, no model (epoch 2 of 2)."""
+    cfg = trial_recipe(args)
+    mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
+    loader = train_loader(images, labels, np.arange(len(labels)), build_pipeline(cfg.augment, cfg.image_size, 0),
+                          cfg.batch_size, 0, device)
+    for _ in range(2):  # the first epoch starts the workers
+        seen, started = 0, time.perf_counter()
+        for x, y in loader:
+            to_input(x, device, mean, std)
+            seen += len(y)
+        sync(device)
+    del loader
+    return seen / (time.perf_counter() - started)
 
 
 def augment_rate(images: np.ndarray, preset: str, seconds: float = 3.0) -> float:
@@ -120,7 +144,11 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--images", type=int, default=None, help="photos in the data set (default: 60 batches on GPU, 6 on CPU)")
+    parser.add_argument("--images", type=int, default=None, help="photos in the data set (default: 15 batches on GPU, 6 on CPU)")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="times the decoded photos are repeated in the trial's data (default: 60 batches an epoch on GPU, 1 on CPU)")
+    parser.add_argument("--loader-workers", type=int, nargs="*", default=[],
+                        help="also time the trial with these DataLoader worker counts (HPO_LOADER_WORKERS)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the real trial (the first is warm-up)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps of the model alone")
     parser.add_argument("--warmup-steps", type=int, default=None)
@@ -130,7 +158,7 @@ def main() -> None:
     args = parser.parse_args()
     device = pick_device()
     gpu = device.type == "cuda"
-    args.images = args.images or args.batch_size * (60 if gpu else 6)
+    args.images = args.images or args.batch_size * (15 if gpu else 6)
     args.steps = args.steps or (50 if gpu else 5)
     args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (10 if gpu else 2)
     name = torch.cuda.get_device_name(device) if gpu else f"cpu ({torch.get_num_threads()} threads)"
@@ -154,13 +182,25 @@ def main() -> None:
     print(f"augmentation ({args.augment}) on uint8: {augment_rate(images, args.augment):.0f} images/s per core",
           flush=True)
 
+    repeat = args.repeat or (-(-60 * args.batch_size // len(table)) if gpu else 1)
+    images = tiled(images, repeat, args.data / f"tiled-{len(table)}x{repeat}-{args.image_size}.npy")
+    labels = np.tile(table.labels, repeat)
+    print(f"trial data: {len(labels)} images ({len(table)} photos x {repeat}),"
+          f" {loader_workers(device, args.augment != 'none')} loader workers", flush=True)
+    feed = loader_alone(args, device, images, labels)
+    print(f"(c) loader alone: {feed:.1f} images/s", flush=True)
+
     # (a) before and after (b): on a shared machine the speed drifts, the mean brackets (b).
     before = model_alone(args, device)
-    trial = real_trial(args, device, images, table.labels)
+    trial = real_trial(args, device, images, labels)
     after = model_alone(args, device)
     alone = (before + after) / 2
     print(f"(a) model alone: {alone:.1f} images/s (before {before:.1f}, after {after:.1f})", flush=True)
     print(f"(b) hpo trial:   {trial:.1f} images/s", flush=True)
+    for workers in args.loader_workers:
+        os.environ["HPO_LOADER_WORKERS"] = str(workers)
+        print(f"(b) with {workers} loader workers: {real_trial(args, device, images, labels):.1f} images/s", flush=True)
+    os.environ.pop("HPO_LOADER_WORKERS", None)
     print(f"ratio (b)/(a):   {trial / alone:.2f}")
 
 

@@ -47,7 +47,22 @@ def test_compiled_with_inductor(data, monkeypatch):
     assert result.best_f1 >= 0.9
 
 
+def cublas_warmed() -> tuple[int, int]:
+    """Allocated and reserved bytes once cuBLAS holds its per-thread workspaces (forward on this
+    thread, backward on autograd's): the process keeps those for its life, trial or no trial."""
+    layer = torch.nn.Linear(64, 64).to(GPU)
+    autocast, _ = autocast_for(GPU)
+    for precision in (torch.autocast("cuda", enabled=False), autocast()):  # cuBLAS and cuBLASLt
+        with precision:
+            layer(torch.randn(8, 64, device=GPU)).sum().backward()
+    del layer
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_allocated(GPU), torch.cuda.memory_reserved(GPU)
+
+
 def test_trial_hands_its_memory_back(image_root, tmp_path):
+    allocated, reserved = cublas_warmed()
     spec = parse_spec(tiny_study(image_root, tmp_path, budget__max_epochs=1))
     table = load_table(spec.data.format, spec.data.options)
     objective = Objective(spec, table, make_fold_plan(table, 2, 0), device=GPU)
@@ -55,6 +70,6 @@ def test_trial_hands_its_memory_back(image_root, tmp_path):
     study.optimize(objective, n_trials=1)
     assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
     assert study.trials[0].user_attrs["device"] == torch.cuda.get_device_name(GPU)
-    # What a packed neighbour on the same GPU could use at once: nothing kept in the cache.
-    assert torch.cuda.memory_allocated(GPU) < 16 * 2**20
-    assert torch.cuda.memory_reserved(GPU) < 64 * 2**20
+    # What a packed neighbour on the same GPU could use at once: nothing of the trial kept.
+    assert torch.cuda.memory_allocated(GPU) - allocated < 4 * 2**20
+    assert torch.cuda.memory_reserved(GPU) - reserved < 32 * 2**20

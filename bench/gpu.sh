@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The GPU figures of BENCHMARKS.md: the gpu-marked tests and the benchmarks, each step under its
+# own time limit, each step's output kept in LOG_DIR/<step>.log.
+#   bench/gpu.sh LOG_DIR tests throughput           # the steps to run, in order
+# Steps: tests throughput effnet heavy packing naive
+set -u
+log=${1:?LOG_DIR}; shift
+mkdir -p "$log"
+export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
+photos=(--images 1920)  # 6 x 320 photos, shared by throughput and packing (repeated to 60-120 batches an epoch)
+
+step() {  # step NAME SECONDS COMMAND...
+    local name=$1 limit=$2; shift 2
+    echo "== $name ($(date +%T)): $*"
+    local started=$SECONDS
+    timeout "$limit" "$@" >"$log/$name.log" 2>&1
+    local rc=$?
+    tail -n 25 "$log/$name.log"
+    echo "== $name: exit $rc after $((SECONDS - started)) s"
+}
+
+for what in "$@"; do
+    case $what in
+    tests) step tests 240 python3 -m pytest -m gpu tests/train/test_gpu.py -q -p no:cacheprovider ;;
+    throughput) step throughput-resnet18 150 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --loader-workers 4 8 "${photos[@]}" ;;
+    effnet) step throughput-effnet 120 python3 bench/throughput.py --backbone efficientnet_b0 --image-size 224 --batch-size 128 --epochs 4 "${photos[@]}" ;;
+    heavy) step throughput-heavy 120 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --augment heavy --epochs 4 "${photos[@]}" ;;
+    packing) step packing 200 python3 bench/packing.py --backbone resnet18 --image-size 128 --batch-size 64 --epochs 4 --settle 12 "${photos[@]}" ;;
+    naive) step naive 220 python3 bench/naive_vs_hpo.py --image-size 128 --naive-workers 8 ;;
+    *) echo "unknown step: $what"; exit 2 ;;
+    esac
+done
