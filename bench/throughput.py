@@ -36,8 +36,8 @@ from _common import recipe, tiled, write_photos  # noqa: E402
 
 from hpo.data import cache  # noqa: E402
 from hpo.data.augment import build_pipeline, preset_ops  # noqa: E402
-from hpo.data.loader import loader_workers, to_input, train_loader  # noqa: E402
 from hpo.data.formats import load_table  # noqa: E402
+from hpo.data.loader import loader_workers, to_input, train_loader  # noqa: E402
 from hpo.objective import pick_device  # noqa: E402
 from hpo.train.config import AugmentOp  # noqa: E402
 from hpo.train.loop import FoldData, Stepper, autocast_for, compiled, fit_fold  # noqa: E402
