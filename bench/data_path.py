@@ -1,5 +1,7 @@
 """What the data path costs per image on one core: the albumentations presets on uint8 images,
-and fetching batches from the decoded array whole (hpo) or image by image with a collate.
+fetching batches from the decoded array whole (hpo) or image by image with a collate, and
+handing batches over from one loader worker process through hpo's shared ring of slots or as a
+fresh tensor per batch (DataLoader's usual way: a new shared-memory segment each time).
 
     python bench/data_path.py --image-size 224
 """
@@ -7,6 +9,7 @@ and fetching batches from the decoded array whole (hpo) or image by image with a
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,7 +21,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import augment_rate  # noqa: E402
 
-from hpo.data.loader import AugmentedImages, train_loader  # noqa: E402
+from hpo.data.loader import AugmentedImages, _whole_batch, train_loader  # noqa: E402
 
 
 class PerImage(AugmentedImages):
@@ -32,6 +35,8 @@ class PerImage(AugmentedImages):
 
 
 def rate(loader: DataLoader, epochs: int = 5) -> float:
+    for _ in loader:  # one epoch to start any worker processes
+        pass
     done, started = 0, time.perf_counter()
     for _ in range(epochs):
         for images, _ in loader:
@@ -57,6 +62,12 @@ def main() -> None:
     print(f"batches image by image + collate: {rate(per_image):.0f} images/s", flush=True)
     whole = train_loader(images, labels, everything, None, args.batch_size, 0, torch.device("cpu"))
     print(f"batches gathered whole (hpo):     {rate(whole):.0f} images/s", flush=True)
+    os.environ["HPO_LOADER_WORKERS"] = "1"
+    ring = train_loader(images, labels, everything, None, args.batch_size, 0, torch.device("cpu"))
+    print(f"1 worker, through the ring (hpo): {rate(ring):.0f} images/s", flush=True)
+    fresh = DataLoader(AugmentedImages(images, labels, everything, None), batch_size=args.batch_size, shuffle=True,
+                       collate_fn=_whole_batch, num_workers=1, persistent_workers=True, prefetch_factor=4)
+    print(f"1 worker, a fresh tensor a batch: {rate(fresh):.0f} images/s", flush=True)
 
 
 if __name__ == "__main__":

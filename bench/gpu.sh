@@ -26,7 +26,7 @@ for what in "$@"; do
     effnet) step throughput-effnet 120 python3 bench/throughput.py --backbone efficientnet_b0 --image-size 224 --batch-size 128 --epochs 4 "${photos[@]}" ;;
     heavy) step throughput-heavy 120 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --augment heavy --epochs 4 "${photos[@]}" ;;
     packing) step packing 200 python3 bench/packing.py --backbone resnet18 --image-size 128 --batch-size 64 --epochs 4 --settle 12 "${photos[@]}" ;;
-    naive) step naive 220 python3 bench/naive_vs_hpo.py --image-size 128 --naive-workers 8 ;;
+    naive) step naive 300 python3 bench/naive_vs_hpo.py --image-size 128 --naive-workers 8 ;;
     *) echo "unknown step: $what"; exit 2 ;;
     esac
 done

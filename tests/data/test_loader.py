@@ -54,10 +54,27 @@ def test_loader_workers_follow_the_cores_of_this_worker(monkeypatch):
     assert loader_workers(CPU, augmented=False) == 3
 
 
-def test_loader_workers_give_the_same_batches_as_in_process(images, monkeypatch):
-    pipeline = build_pipeline([AugmentOp("hflip", 0.0, 0.5)], 6, seed=0)
-    monkeypatch.setenv("HPO_LOADER_WORKERS", "2")
-    with_workers = [y.tolist() for _, y in train_loader(images, np.arange(60), np.arange(60), pipeline, 12, 3, CPU)]
-    monkeypatch.setenv("HPO_LOADER_WORKERS", "0")
-    in_process = [y.tolist() for _, y in train_loader(images, np.arange(60), np.arange(60), pipeline, 12, 3, CPU)]
-    assert with_workers == in_process  # the seeded order does not depend on the worker count
+@pytest.mark.parametrize("sampling", ["uniform", "weighted"])
+def test_loader_workers_give_the_same_batches_as_in_process(images, monkeypatch, sampling):
+    """Workers hand batches over through a ring of 2 x 4 + 1 shared slots; 3 epochs of 5 batches
+    go round it nearly twice, and every batch is held until the end: none may be overwritten."""
+    pipeline = build_pipeline([AugmentOp("hflip", 0.0, 0.5)], 6, seed=0)  # invisible on flat images
+    labels = np.arange(60) % 3
+
+    def epochs(workers: str) -> list[tuple[list[int], list[int]]]:
+        monkeypatch.setenv("HPO_LOADER_WORKERS", workers)
+        loader = train_loader(images, labels, np.arange(60), pipeline, 12, 3, CPU, sampling)
+        held = [batch for _ in range(3) for batch in loader]
+        return [(x[:, 0, 0, 0].tolist(), y.tolist()) for x, y in held]
+
+    with_workers, in_process = epochs("2"), epochs("0")
+    assert len(with_workers) == 15
+    # The first epoch's seeded order does not depend on the worker count. (Later epochs differ:
+    # DataLoader draws a worker seed from the generator per epoch without persistent workers.)
+    assert with_workers[:5] == in_process[:5]
+    for epoch in range(3):
+        batches = with_workers[5 * epoch : 5 * epoch + 5]
+        if sampling == "uniform":
+            assert sorted(i for ids, _ in batches for i in ids) == list(range(60))
+        for ids, ys in batches:  # a slot written again before it was read would break the pairs
+            assert ys == (np.array(ids) % 3).tolist()
