@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
 import os
-import random
 import weakref
 from dataclasses import dataclass
 
@@ -38,6 +38,7 @@ RING_BYTES = 2**30
 # Each loader's ring of shared batch buffers, as the training process sees it, by token: a
 # SlotBatch crossing from a worker carries the token, not the buffer.
 _RINGS: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
+_RING_TOKENS = itertools.count()  # not random: the trial seeds that generator
 
 
 @dataclass
@@ -83,7 +84,7 @@ class AugmentedImages(Dataset):
         self.images, self.labels, self.indices, self.pipeline = images, labels, indices, pipeline
         self.ring, self.token = ring, None
         if ring is not None:
-            self.token = random.getrandbits(62)
+            self.token = next(_RING_TOKENS)
             _RINGS[self.token] = ring
 
     def __len__(self) -> int:
