@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, WeightedRandomSampler
 
 from hpo.data.cache import available_cpus
+from hpo.errors import DataError
 from hpo.registry import Registry
 
 # How training samples are drawn each epoch: a factory (labels of the training side, seeded
@@ -170,6 +171,32 @@ def loader_workers(device: torch.device, augmented: bool) -> int:
     return max(1, min(16, cores - 1))
 
 
+def shared_memory_free() -> int | None:
+    """Bytes free in /dev/shm, where the ring lives on Linux (None elsewhere)."""
+    try:
+        stat = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+def ring_prefetch(workers: int, slot_bytes: int) -> int:
+    """Batches each worker prepares ahead: up to 4, within ~1 GiB and half the free shared memory
+    (one ring slot per batch in flight). A container's small /dev/shm would otherwise end in a
+    worker killed by SIGBUS in the middle of a trial."""
+    free = shared_memory_free()
+    budget = RING_BYTES if free is None else min(RING_BYTES, free // 2)
+    prefetch = max(1, min(4, budget // (workers * slot_bytes)))
+    need = (workers * prefetch + 1) * slot_bytes
+    if free is not None and need > free:
+        raise DataError(
+            f"{workers} loader workers need {need / 2**20:.0f} MiB of shared memory and /dev/shm has"
+            f" {free / 2**20:.0f} MiB free: give it more (docker run --shm-size=8g, compose shm_size)"
+            " or set HPO_LOADER_WORKERS to fewer workers (0: augment in the training process)"
+        )
+    return prefetch
+
+
 def train_loader(
     images: np.ndarray,
     labels: np.ndarray,
@@ -191,9 +218,7 @@ def train_loader(
             sampler=sampler, collate_fn=_whole_batch, drop_last=drop_last, generator=generator,
             pin_memory=device.type == "cuda",
         )
-    # Up to 4 batches ahead per worker, within ~1 GiB of shared memory (one slot per batch in flight).
-    slot_bytes = batch_size * int(np.prod(images.shape[1:]))
-    prefetch = max(1, min(4, RING_BYTES // (workers * slot_bytes)))
+    prefetch = ring_prefetch(workers, batch_size * int(np.prod(images.shape[1:])))
     ring = torch.empty((workers * prefetch + 1, batch_size, *images.shape[1:]), dtype=torch.uint8).share_memory_()
     order = sampler if sampler is not None else RandomSampler(range(len(indices)), generator=generator)
     return RingLoader(

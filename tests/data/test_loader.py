@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from hpo.data import loader as loader_module
 from hpo.data.augment import build_pipeline
 from hpo.data.loader import loader_workers, train_loader
+from hpo.errors import DataError
 from hpo.train.config import AugmentOp
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -78,3 +80,15 @@ def test_loader_workers_give_the_same_batches_as_in_process(images, monkeypatch,
             assert sorted(i for ids, _ in batches for i in ids) == list(range(60))
         for ids, ys in batches:  # a slot written again before it was read would break the pairs
             assert ys == (np.array(ids) % 3).tolist()
+
+
+def test_ring_fits_the_shared_memory_or_says_how_to_get_more(images, monkeypatch):
+    monkeypatch.setenv("HPO_LOADER_WORKERS", "2")
+    slot = 12 * 6 * 6 * 3  # bytes of one batch
+    monkeypatch.setattr(loader_module, "shared_memory_free", lambda: 2 * (2 * 2 + 1) * slot)
+    loader = train_loader(images, np.arange(60), np.arange(60), None, 12, 0, CPU)
+    assert loader.prefetch_factor == 2  # half the free memory holds 2 x 2 + 1 slots, not 2 x 4 + 1
+    assert sorted(i for x, _ in loader for i in x[:, 0, 0, 0].tolist()) == list(range(60))
+    monkeypatch.setattr(loader_module, "shared_memory_free", lambda: 2 * slot)
+    with pytest.raises(DataError, match=r"/dev/shm has 0 MiB free: give it more .*shm-size.*HPO_LOADER_WORKERS"):
+        train_loader(images, np.arange(60), np.arange(60), None, 12, 0, CPU)
