@@ -92,3 +92,22 @@ def test_ring_fits_the_shared_memory_or_says_how_to_get_more(images, monkeypatch
     monkeypatch.setattr(loader_module, "shared_memory_free", lambda: 2 * slot)
     with pytest.raises(DataError, match=r"/dev/shm has 0 MiB free: give it more .*shm-size.*HPO_LOADER_WORKERS"):
         train_loader(images, np.arange(60), np.arange(60), None, 12, 0, CPU)
+
+
+def test_pin_thread_copies_a_slot_batch_out(images, monkeypatch):
+    """On a GPU DataLoader's pin thread meets each SlotBatch; what it hands on must be a copy
+    (CPU stand-in for pinning: a clone)."""
+    from torch.utils.data import DataLoader
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    monkeypatch.setenv("HPO_LOADER_WORKERS", "1")
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *args: self.clone())
+    loader = train_loader(images, np.arange(60) % 3, np.arange(60), None, 12, 0, CPU)
+    raw = next(DataLoader.__iter__(loader))  # as the pin thread receives it
+    assert isinstance(raw, loader_module.SlotBatch)
+    x, y = pin_memory(raw)
+    ids = x[:, 0, 0, 0]
+    assert y.tolist() == (ids % 3).tolist()
+    x_again = x.clone()
+    raw.images().fill_(255)  # the slot written again: the copy handed on is untouched
+    assert torch.equal(x, x_again) and (x.numpy() < 60).all()
