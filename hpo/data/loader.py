@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import weakref
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ def weighted(labels: np.ndarray, generator: torch.Generator) -> Sampler:
 
 
 RING_BYTES = 2**30
+log = logging.getLogger(__name__)
 # Each loader's ring of shared batch buffers, as the training process sees it, by token: a
 # SlotBatch crossing from a worker carries the token, not the buffer.
 _RINGS: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
@@ -57,7 +59,7 @@ class SlotBatch:
         return _RINGS[self.ring][self.slot, : self.count]
 
     def pin_memory(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images().pin_memory(), torch.from_numpy(self.labels)
+        return self.images().pin_memory(), torch.from_numpy(self.labels).pin_memory()
 
     def materialize(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images().clone(), torch.from_numpy(self.labels)
@@ -117,8 +119,8 @@ class AugmentedImages(Dataset):
 class SlottedBatches(Sampler):
     """Each batch of ``batches`` paired with the ring slot its worker writes into, in turn.
 
-    DataLoader keeps at most ``prefetch_factor x workers`` batches in flight and asks for the
-    next only after handing one over (already copied out by the pin thread, or in the hands of
+    DataLoader keeps at most ``prefetch_factor x workers`` batches in flight and, delivering in
+    order (its default, ``in_order=True``), asks for the next only after handing one over (already copied out by the pin thread, or in the hands of
     the training loop, which copies it at once): a ring one slot larger is never overwritten
     while it is read.
     """
@@ -180,21 +182,25 @@ def shared_memory_free() -> int | None:
     return stat.f_bavail * stat.f_frsize
 
 
-def ring_prefetch(workers: int, slot_bytes: int) -> int:
-    """Batches each worker prepares ahead: up to 4, within ~1 GiB and half the free shared memory
-    (one ring slot per batch in flight). A container's small /dev/shm would otherwise end in a
-    worker killed by SIGBUS in the middle of a trial."""
+def ring_plan(workers: int, slot_bytes: int) -> tuple[int, int]:
+    """(workers, batches each prepares ahead) for a ring that fits: up to 4 ahead within ~1 GiB,
+    and never more than half the free shared memory. Where /dev/shm is short (a container's
+    default is 64 MB), fewer workers, with a warning; where not even one worker's slots fit, one
+    clear error: a ring past the free space ends in a worker killed by SIGBUS mid-trial."""
     free = shared_memory_free()
-    budget = RING_BYTES if free is None else min(RING_BYTES, free // 2)
-    prefetch = max(1, min(4, budget // (workers * slot_bytes)))
-    need = (workers * prefetch + 1) * slot_bytes
-    if free is not None and need > free:
-        raise DataError(
-            f"{workers} loader workers need {need / 2**20:.0f} MiB of shared memory and /dev/shm has"
-            f" {free / 2**20:.0f} MiB free: give it more (docker run --shm-size=8g, compose shm_size)"
-            " or set HPO_LOADER_WORKERS to fewer workers (0: augment in the training process)"
-        )
-    return prefetch
+    room = None if free is None else free // 2 // slot_bytes - 1  # slots besides the batch in hand
+    if room is not None and room < workers:
+        if room < 1:
+            raise DataError(
+                f"a batch needs {slot_bytes / 2**20:.0f} MiB of shared memory for loader workers and /dev/shm"
+                f" has {free / 2**20:.0f} MiB free: give it more (docker run --shm-size=8g, compose"
+                " shm_size) or set HPO_LOADER_WORKERS=0 (augment in the training process)"
+            )
+        log.warning("/dev/shm has %d MiB free: %d loader workers instead of %d (docker run --shm-size=8g)",
+                    free // 2**20, room, workers)
+        workers = room
+    ahead = RING_BYTES // slot_bytes - 1 if room is None else min(RING_BYTES // slot_bytes - 1, room)
+    return workers, max(1, min(4, ahead // workers))
 
 
 def train_loader(
@@ -218,7 +224,8 @@ def train_loader(
             sampler=sampler, collate_fn=_whole_batch, drop_last=drop_last, generator=generator,
             pin_memory=device.type == "cuda",
         )
-    prefetch = ring_prefetch(workers, batch_size * int(np.prod(images.shape[1:])))
+    assert images.dtype == np.uint8, "the ring holds decoded uint8 images"
+    workers, prefetch = ring_plan(workers, batch_size * int(np.prod(images.shape[1:])))
     ring = torch.empty((workers * prefetch + 1, batch_size, *images.shape[1:]), dtype=torch.uint8).share_memory_()
     order = sampler if sampler is not None else RandomSampler(range(len(indices)), generator=generator)
     return RingLoader(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -58,40 +60,54 @@ def test_loader_workers_follow_the_cores_of_this_worker(monkeypatch):
 
 @pytest.mark.parametrize("sampling", ["uniform", "weighted"])
 def test_loader_workers_give_the_same_batches_as_in_process(images, monkeypatch, sampling):
-    """Workers hand batches over through a ring of 2 x 4 + 1 shared slots; 3 epochs of 5 batches
-    go round it nearly twice, and every batch is held until the end: none may be overwritten."""
+    """Workers hand batches over through a ring of 2 x 4 + 1 shared slots; epochs of 15 batches
+    go round it, and every batch is held until the end: none may be overwritten."""
     pipeline = build_pipeline([AugmentOp("hflip", 0.0, 0.5)], 6, seed=0)  # invisible on flat images
     labels = np.arange(60) % 3
 
+    materialize = loader_module.SlotBatch.materialize
+
+    def slow_materialize(batch):  # gives a worker time to write a slot that is still being read
+        time.sleep(0.05)
+        return materialize(batch)
+
+    monkeypatch.setattr(loader_module.SlotBatch, "materialize", slow_materialize)
+
     def epochs(workers: str) -> list[tuple[list[int], list[int]]]:
         monkeypatch.setenv("HPO_LOADER_WORKERS", workers)
-        loader = train_loader(images, labels, np.arange(60), pipeline, 12, 3, CPU, sampling)
+        loader = train_loader(images, labels, np.arange(60), pipeline, 4, 3, CPU, sampling)
         held = [batch for _ in range(3) for batch in loader]
         return [(x[:, 0, 0, 0].tolist(), y.tolist()) for x, y in held]
 
     with_workers, in_process = epochs("2"), epochs("0")
-    assert len(with_workers) == 15
+    assert len(with_workers) == 45
     # The first epoch's seeded order does not depend on the worker count. (Later epochs differ:
     # DataLoader draws a worker seed from the generator per epoch without persistent workers.)
-    assert with_workers[:5] == in_process[:5]
+    assert with_workers[:15] == in_process[:15]
     for epoch in range(3):
-        batches = with_workers[5 * epoch : 5 * epoch + 5]
+        batches = with_workers[15 * epoch : 15 * epoch + 15]
         if sampling == "uniform":
             assert sorted(i for ids, _ in batches for i in ids) == list(range(60))
         for ids, ys in batches:  # a slot written again before it was read would break the pairs
             assert ys == (np.array(ids) % 3).tolist()
 
 
-def test_ring_fits_the_shared_memory_or_says_how_to_get_more(images, monkeypatch):
+def test_ring_fits_the_shared_memory_or_says_how_to_get_more(images, monkeypatch, caplog):
     monkeypatch.setenv("HPO_LOADER_WORKERS", "2")
     slot = 12 * 6 * 6 * 3  # bytes of one batch
-    monkeypatch.setattr(loader_module, "shared_memory_free", lambda: 2 * (2 * 2 + 1) * slot)
-    loader = train_loader(images, np.arange(60), np.arange(60), None, 12, 0, CPU)
-    assert loader.prefetch_factor == 2  # half the free memory holds 2 x 2 + 1 slots, not 2 x 4 + 1
+
+    def loader_with_free_slots(slots: int):
+        monkeypatch.setattr(loader_module, "shared_memory_free", lambda: 2 * slots * slot)  # half is used
+        return train_loader(images, np.arange(60), np.arange(60), None, 12, 0, CPU)
+
+    loader = loader_with_free_slots(2 * 2 + 1)
+    assert (loader.num_workers, loader.prefetch_factor) == (2, 2)  # not 2 x 4 + 1 slots
     assert sorted(i for x, _ in loader for i in x[:, 0, 0, 0].tolist()) == list(range(60))
-    monkeypatch.setattr(loader_module, "shared_memory_free", lambda: 2 * slot)
-    with pytest.raises(DataError, match=r"/dev/shm has 0 MiB free: give it more .*shm-size.*HPO_LOADER_WORKERS"):
-        train_loader(images, np.arange(60), np.arange(60), None, 12, 0, CPU)
+    loader = loader_with_free_slots(2)
+    assert (loader.num_workers, loader.prefetch_factor) == (1, 1)
+    assert "1 loader workers instead of 2" in caplog.text
+    with pytest.raises(DataError, match=r"/dev/shm has 0 MiB free: give it more .*shm-size.*HPO_LOADER_WORKERS=0"):
+        loader_with_free_slots(1)
 
 
 def test_pin_thread_copies_a_slot_batch_out(images, monkeypatch):
