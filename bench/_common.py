@@ -57,12 +57,14 @@ def recipe(backbone: str, image_size: int, batch_size: int, epochs: int, **chang
     return TrainConfig(**{**values, **changes})
 
 
-def tiled(images: np.ndarray, repeat: int, path: Path) -> np.ndarray:
-    """The decoded photos ``repeat`` times over in one memory-mapped file (built once): a GPU
-    epoch long enough to time (real data sets have ~100 batches per epoch) without generating
-    thousands more JPEGs. A trial reads it exactly as it reads the cache."""
+def tiled(images: np.ndarray, labels: np.ndarray, repeat: int, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The decoded photos and their labels ``repeat`` times over, the images in one memory-mapped
+    file under ``folder`` (built once, shared by processes): a GPU epoch long enough to time
+    (real data sets have ~100 batches per epoch) without generating thousands more JPEGs. A
+    trial reads it exactly as it reads the cache."""
     if repeat <= 1:
-        return images
+        return images, labels
+    path = folder / f"tiled-{len(images)}x{repeat}-{images.shape[1]}.npy"
     shape = (len(images) * repeat, *images.shape[1:])
     if not path.exists() or np.load(path, mmap_mode="r").shape != shape:
         partial = path.with_name(path.name + ".partial.npy")
@@ -72,4 +74,4 @@ def tiled(images: np.ndarray, repeat: int, path: Path) -> np.ndarray:
         out.flush()
         del out
         os.replace(partial, path)
-    return np.load(path, mmap_mode="r")
+    return np.load(path, mmap_mode="r"), np.tile(labels, repeat)

@@ -37,8 +37,7 @@ def worker(args: argparse.Namespace) -> None:
     if threads := os.environ.get("HPO_THREADS"):
         torch.set_num_threads(int(threads))
     table = load_table("imagefolder", {"root": str(args.root)})
-    images = tiled(cache.decoded(table, args.image_size), args.repeat, tiled_path(args, len(table)))
-    labels = np.tile(table.labels, args.repeat)
+    images, labels = tiled(cache.decoded(table, args.image_size), table.labels, args.repeat, args.data)
     cfg = recipe(args.backbone, args.image_size, args.batch_size, args.epochs, seed=args.index)
     everything = np.arange(len(labels))
     val = everything[:: 10 * args.repeat]
@@ -47,10 +46,6 @@ def worker(args: argparse.Namespace) -> None:
     result = fit_fold(cfg, data, pick_device())
     rates = [e.images_per_second for e in result.history[1:]]
     print(json.dumps({"images_per_second": sum(rates) / len(rates)}))
-
-
-def tiled_path(args: argparse.Namespace, photos: int) -> Path:
-    return args.data / f"tiled-{photos}x{args.repeat}-{args.image_size}.npy"
 
 
 def run_pack(args: argparse.Namespace, k: int) -> list[float]:
@@ -107,8 +102,8 @@ def main() -> None:
     args.root = write_photos(args.data / f"6x{per_class}", 6, per_class)
     args.repeat = args.repeat or (-(-120 * args.batch_size // (6 * per_class)) if gpu else 1)
     os.environ.setdefault(cache.ENV_CACHE, str(args.data / "cache"))
-    decoded = cache.decoded(load_table("imagefolder", {"root": str(args.root)}), args.image_size)
-    tiled(decoded, args.repeat, tiled_path(args, len(decoded)))  # built once, shared
+    table = load_table("imagefolder", {"root": str(args.root)})
+    tiled(cache.decoded(table, args.image_size), table.labels, args.repeat, args.data)  # built once, shared
     device = torch.cuda.get_device_name(0) if gpu else f"cpu ({os.cpu_count()} cores)"
     print(f"device: {device}; {args.backbone} at {args.image_size} px, batch {args.batch_size},"
           f" {6 * per_class} photos x {args.repeat}, {args.epochs} epochs per trial", flush=True)

@@ -183,8 +183,7 @@ def main() -> None:
           flush=True)
 
     repeat = args.repeat or (-(-60 * args.batch_size // len(table)) if gpu else 1)
-    images = tiled(images, repeat, args.data / f"tiled-{len(table)}x{repeat}-{args.image_size}.npy")
-    labels = np.tile(table.labels, repeat)
+    images, labels = tiled(images, table.labels, repeat, args.data)
     print(f"trial data: {len(labels)} images ({len(table)} photos x {repeat}),"
           f" {loader_workers(device, args.augment != 'none')} loader workers", flush=True)
     feed = loader_alone(args, device, images, labels)
