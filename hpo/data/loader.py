@@ -120,9 +120,9 @@ class SlottedBatches(Sampler):
     """Each batch of ``batches`` paired with the ring slot its worker writes into, in turn.
 
     DataLoader keeps at most ``prefetch_factor x workers`` batches in flight and, delivering in
-    order (its default, ``in_order=True``), asks for the next only after handing one over (already copied out by the pin thread, or in the hands of
-    the training loop, which copies it at once): a ring one slot larger is never overwritten
-    while it is read.
+    order (its default, ``in_order=True``), asks for the next only after handing one over
+    (already copied out by the pin thread, or in the hands of the training loop, which copies it
+    at once): a ring one slot larger is never overwritten while it is read.
     """
 
     def __init__(self, batches: BatchSampler, slots: int) -> None:
@@ -215,22 +215,19 @@ def train_loader(
 ) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     sampler = SAMPLING.get(sampling, "search.sampling")(labels[indices], generator)
-    workers = loader_workers(device, pipeline is not None)
+    order = sampler if sampler is not None else RandomSampler(range(len(indices)), generator=generator)
     # A last batch of one sample breaks BatchNorm; drop the remainder when there is more.
-    drop_last = len(indices) > batch_size
+    batches = BatchSampler(order, batch_size, drop_last=len(indices) > batch_size)
+    workers = loader_workers(device, pipeline is not None)
     if not workers:
-        return DataLoader(
-            AugmentedImages(images, labels, indices, pipeline), batch_size=batch_size, shuffle=sampler is None,
-            sampler=sampler, collate_fn=_whole_batch, drop_last=drop_last, generator=generator,
-            pin_memory=device.type == "cuda",
-        )
+        return DataLoader(AugmentedImages(images, labels, indices, pipeline), batch_sampler=batches,
+                          collate_fn=_whole_batch, generator=generator, pin_memory=device.type == "cuda")
     assert images.dtype == np.uint8, "the ring holds decoded uint8 images"
     workers, prefetch = ring_plan(workers, batch_size * int(np.prod(images.shape[1:])))
     ring = torch.empty((workers * prefetch + 1, batch_size, *images.shape[1:]), dtype=torch.uint8).share_memory_()
-    order = sampler if sampler is not None else RandomSampler(range(len(indices)), generator=generator)
     return RingLoader(
         AugmentedImages(images, labels, indices, pipeline, ring),
-        batch_sampler=SlottedBatches(BatchSampler(order, batch_size, drop_last), len(ring)),
+        batch_sampler=SlottedBatches(batches, len(ring)),
         collate_fn=_whole_batch,
         generator=generator,
         num_workers=workers,
