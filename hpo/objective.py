@@ -45,6 +45,14 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def release_device_memory() -> None:
+    """Collect a finished trial's tensors and hand the GPU's cached blocks back at once: a packed
+    neighbour (--trials-per-gpu) may need them before this worker's next trial does."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class Objective:
     def __init__(
         self,
@@ -79,10 +87,7 @@ class Objective:
         finally:
             for tracker in self.trackers:
                 tracker.trial_ended(trial.number, *outcome)
-            if self.device.type == "cuda":
-                # Hand the memory of this trial back to the GPU at once: a packed neighbour
-                # (--trials-per-gpu) may need it before this worker's next trial does.
-                torch.cuda.empty_cache()
+            release_device_memory()
 
     def _run(self, trial: optuna.Trial, cfg: TrainConfig) -> float:
         started = time.perf_counter()
@@ -112,9 +117,7 @@ class Objective:
         if out_of_memory:
             # PRUNED, not FAIL: TPE learns from pruned trials but ignores failed ones, and would
             # keep proposing the configuration that does not fit.
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            release_device_memory()
             reason = (f"out of memory: backbone {cfg.backbone}, batch_size {cfg.batch_size},"
                       f" image_size {cfg.image_size} on {self.device}")
             trial.set_user_attr("prune_reason", reason)

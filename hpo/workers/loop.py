@@ -10,7 +10,6 @@ sweeper fails it after the grace period and re-enqueues it, and a waiting worker
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import signal
@@ -26,7 +25,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import HpoError
-from hpo.objective import EpochEvent, Objective, pick_device
+from hpo.objective import EpochEvent, Objective, pick_device, release_device_memory
 from hpo.study import COUNTED, StudyHandle, count_states
 from hpo.workers.heartbeat import heartbeat, sweeper
 
@@ -147,9 +146,7 @@ class Worker:
                         raise
                     reason = f"{type(e).__name__}: {e}"
         finally:
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()  # a long-lived worker must not grow trial by trial
+            release_device_memory()  # again once the trial's exception is gone: it held the frames
             self.current = None
         if state != TrialState.FAIL:
             self.failures_in_a_row = 0
