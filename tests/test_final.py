@@ -38,11 +38,15 @@ def test_fold_models_reproduce_the_trials_f1(exported, tmp_path):
 
 
 def test_full_data_model_trains_for_the_best_epoch_count(exported, tmp_path):
-    one = dataclasses.replace(exported, trials=exported.trials[:1])
-    result = train_final(one, tmp_path / "full", "full", torch.device("cpu"))
+    # The folds peaked in their second epoch (index 1) of 3: the full-data model trains 2 epochs.
+    first = exported.trials[0]
+    trial = dataclasses.replace(first, config=dataclasses.replace(first.config, max_epochs=3), best_epochs=[1, 1])
+    one = dataclasses.replace(exported, trials=[trial])
+    epochs = []
+    result = train_final(one, tmp_path / "full", "full", torch.device("cpu"), on_epoch=lambda t, e: epochs.append(e))
     [model] = result.models
-    expected = int(np.median(one.trials[0].best_epochs)) + 1
-    assert model.fold is None and model.f1 is None and model.epochs == expected
+    assert [e.epoch for e in epochs] == [0, 1] and all(e.fold == 0 and np.isnan(e.macro_f1) for e in epochs)
+    assert model.fold is None and model.f1 is None and model.epochs == 2
     assert full_data_config(one.trials[0].config, one.trials[0].best_epochs).patience is None
     assert (tmp_path / "full" / f"trial{one.trials[0].trial}-full.pt").is_file()
 

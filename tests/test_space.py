@@ -21,7 +21,8 @@ SEARCH = {
     "image_size": {"low": 16, "high": 32, "step": 8},
     "augment": {
         "preset": {"choices": ["none", "light"]},
-        "ops": {"blur": {"enabled": {"choices": [True, False]}, "magnitude": {"low": 0.0, "high": 1.0}}},
+        "ops": {"blur": {"enabled": {"choices": [True, False]}, "magnitude": {"low": 0.0, "high": 1.0},
+                         "p": {"low": 0.1, "high": 0.9}}},
     },
 }
 
@@ -55,6 +56,25 @@ def test_conditional_parameters_exist_only_with_their_parent(spec):
     # Both branches of every choice were explored.
     assert {p["loss"] for p, _ in samples} == {"cross_entropy", "focal"}
     assert {p["optimizer"] for p, _ in samples} == {"adamw", "sgd"}
+
+
+def test_every_sampled_value_lands_in_its_field(spec):
+    fields = {"backbone": "backbone", "lr": "lr", "batch_size": "batch_size", "image_size": "image_size",
+              "optimizer": "optimizer.name", "scheduler": "scheduler.name", "loss": "loss.name",
+              "freeze": "freeze.name"}
+    for params, cfg in sample(spec, 30):
+        for param, field in fields.items():
+            value = cfg
+            for part in field.split("."):
+                value = getattr(value, part)
+            assert value == params[param], param
+        for component in ("optimizer", "scheduler", "loss", "freeze"):
+            chosen = getattr(cfg, component)
+            prefix = f"{component}.{chosen.name}."
+            assert chosen.args == {k.removeprefix(prefix): v for k, v in params.items() if k.startswith(prefix)}
+        ops = {op.name: (op.magnitude, op.p) for op in cfg.augment}
+        if params["augment.blur.enabled"]:
+            assert ops["blur"] == (params["augment.blur.magnitude"], params["augment.blur.p"])
 
 
 def test_augment_preset_and_ops_merge(spec):

@@ -81,7 +81,9 @@ def test_pruned_trial_shows_where_it_stopped(image_root, tmp_path):
 def test_trackers_are_a_registry(image_root, tmp_path):
     spec = parse_spec(tiny_study(image_root, tmp_path))
     assert build_trackers(spec) == []  # nothing asked for, nothing written
-    assert "tensorboard" in TRACKERS
+    asked = parse_spec(tiny_study(image_root, tmp_path, tracking={"tensorboard": str(tmp_path / "tb")}))
+    [tracker] = build_trackers(asked)  # the study file's tracking.<name> is the registry's entry
+    assert type(tracker) is type(TRACKERS.get("tensorboard")(tmp_path / "tb", "tiny"))
 
     calls = []
 

@@ -1,8 +1,9 @@
-"""`hpo dashboard` in a real browser: headless Chromium lists the study and its trials, and the
-dashboard serves each trial's artifacts."""
+"""`hpo dashboard`: its API lists the study, its trials and their artifacts and serves them (no
+browser needed); in a real browser, headless Chromium shows the same."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import socket
@@ -15,9 +16,10 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
+needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="browser test: Chromium not installed (apt-get install chromium)"
 )
+ARTIFACTS = {"confusion_matrix.png": b"\x89PNG", "learning_curves.png": b"\x89PNG", "per_class.csv": b"class,precision"}
 
 
 def free_port() -> int:
@@ -60,6 +62,26 @@ def dashboard(finished_study, tmp_path):
     assert f"http://127.0.0.1:{port}/" in (tmp_path / "dashboard.log").read_text()  # local only by default
 
 
+def get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200, url
+        return response.read()
+
+
+def test_api_lists_the_trials_and_serves_their_artifacts(dashboard, finished_study):
+    [summary] = json.loads(get(f"{dashboard}/api/studies"))["study_summaries"]
+    assert summary["study_name"] == "tiny"
+    study = json.loads(get(f"{dashboard}/api/studies/{summary['study_id']}"))
+    assert [t["number"] for t in study["trials"]] == [0, 1, 2]
+    for trial in study["trials"]:
+        files = {a["filename"]: a["artifact_id"] for a in trial["artifacts"]}
+        assert set(ARTIFACTS) <= set(files), trial["number"]
+        for name, magic in ARTIFACTS.items():
+            body = get(f"{dashboard}/artifacts/{summary['study_id']}/{trial['trial_id']}/{files[name]}")
+            assert body.startswith(magic), (trial["number"], name)
+
+
+@needs_chromium
 def test_browser_lists_study_trials_and_artifacts(dashboard, finished_study, tmp_path):
     profile = tmp_path / "chromium-profile"
     home = chromium(profile, "--dump-dom", f"{dashboard}/dashboard")

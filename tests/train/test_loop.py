@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import f1_score
 
 from hpo.errors import TrainingDiverged
 from hpo.train import loop
 from hpo.train.config import AugmentOp, Component
-from hpo.train.loop import fit_fold
+from hpo.train.loop import fit_fold, predict_logits
+from hpo.train.models import create_model
 from tests.train.helpers import config, fold_data
 
 CPU = torch.device("cpu")
@@ -70,9 +72,18 @@ def test_nan_loss_raises_diverged(data, monkeypatch):
         fit_fold(config(), data, CPU)
 
 
-def test_keep_best_state_returns_weights(data):
-    result = fit_fold(config(), data, CPU, keep_best_state=True)
-    assert result.best_state and all(t.device.type == "cpu" for t in result.best_state.values())
+def test_keep_best_state_holds_the_best_epochs_weights(data):
+    # SGD at lr 0.1 peaks in the first epoch and gets worse after it (seeded: F1 1.0, 1.0, 0.17, 0.56).
+    cfg = config(max_epochs=4, lr=0.1, optimizer=Component("sgd"))
+    result = fit_fold(cfg, data, CPU, keep_best_state=True)
+    assert result.history[-1].macro_f1 < result.best_f1  # the premise: the last epoch is not the best
+    assert all(t.device.type == "cpu" for t in result.best_state.values())
+    model = create_model(cfg.backbone, False, data.num_classes)
+    model.load_state_dict(result.best_state)
+    half = torch.full((1, 3, 1, 1), 0.5)
+    logits = predict_logits(model, data.images, data.val_idx, 64, CPU, half, half)
+    f1 = f1_score(data.val_labels, logits.argmax(1).numpy(), average="macro", labels=range(data.num_classes))
+    assert f1 == pytest.approx(result.best_f1, abs=1e-6)
 
 
 def test_pretrained_from_a_local_file(tmp_path):

@@ -63,7 +63,12 @@ def test_every_augmentation_trains(data, name):
 def test_every_preset_builds(preset):
     ops = tuple(AugmentOp(n, m, p) for n, (m, p) in PRESETS[preset].items())
     pipeline = build_pipeline(ops, 16)
-    assert (pipeline is None) == (preset == "none")
+    if preset == "none":
+        assert pipeline is None
+        return
+    expected = [type(OPS.get(op.name)(op.magnitude, op.p)) for op in ops]
+    assert [type(t) for t in pipeline.transforms] == expected
+    assert [t.p for t in pipeline.transforms] == [op.p for op in ops]
 
 
 @pytest.mark.parametrize("name", list(OPS))
@@ -85,6 +90,36 @@ def test_class_weights_favour_rare_classes():
     assert inverse[2] > inverse[1] > inverse[0]
     assert np.isclose((inverse * counts).sum(), counts.sum())  # balanced total
     assert np.isclose(CLASS_WEIGHTS.get("sqrt_inverse")(counts).mean(), 1.0)
+
+
+OPTIMIZER_TYPES = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD", "rmsprop": "RMSprop", "lamb": "Lamb"}
+
+
+def test_every_optimizer_is_what_its_name_says():
+    assert set(OPTIMIZER_TYPES) == set(OPTIMIZERS)
+    model = timm.create_model("test_resnet", num_classes=3)
+    biases = {id(p) for name, p in model.named_parameters() if p.ndim <= 1}
+    for name, kind in OPTIMIZER_TYPES.items():
+        optimizer = build_optimizer(name, {}, model, 0.01, 0.05)
+        assert type(optimizer).__name__ == kind, name
+        for group in optimizer.param_groups:  # no weight decay on biases and norm weights
+            assert group["lr"] == 0.01
+            assert group["weight_decay"] == (0.0 if {id(p) for p in group["params"]} <= biases else 0.05), name
+    assert build_optimizer("sgd", {}, model, 0.1, 0.0).defaults["nesterov"] is True
+    classical = build_optimizer("sgd", {"nesterov": False, "momentum": 0.8}, model, 0.1, 0.0).defaults
+    assert classical["nesterov"] is False and classical["momentum"] == 0.8
+
+
+def test_class_weights_and_label_smoothing_change_the_loss_as_defined():
+    logits, target = torch.randn(16, 3, generator=torch.Generator().manual_seed(0)), torch.arange(16) % 3
+    counts = np.array([30, 6, 2])
+    weight = torch.tensor(counts.sum() / (3 * counts), dtype=torch.float32)
+    per_sample = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    weighted = build_loss("cross_entropy", {}, "inverse", counts, CPU)(logits, target)
+    assert torch.isclose(weighted, (per_sample * weight[target]).sum() / weight[target].sum())
+    log_p = logits.log_softmax(1)
+    smoothed = build_loss("label_smoothing", {"epsilon": 0.2}, "none", counts, CPU)(logits, target)
+    assert torch.isclose(smoothed, (0.8 * per_sample - 0.2 * log_p.mean(1)).mean())
 
 
 def test_focal_with_gamma_zero_is_cross_entropy():
