@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import optuna
 import pytest
 import yaml
@@ -43,6 +45,26 @@ def test_top_k_and_a_chosen_trial(finished_study):
     assert [t.trial for t in export_study(study, trial=worst).trials] == [worst]
     with pytest.raises(ConfigError, match="has no trial 99"):
         export_study(study, trial=99)
+
+
+def test_a_pruned_trial_can_be_chosen_a_failed_one_cannot(finished_study, tmp_path):
+    with sqlite3.connect(finished_study.folder / "tiny.db") as source, sqlite3.connect(tmp_path / "copy.db") as copy:
+        source.backup(copy)  # with its write-ahead log
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'copy.db'}")
+    best = study.best_trial
+    for state in (TrialState.PRUNED, TrialState.FAIL):
+        study.add_trial(optuna.trial.create_trial(state=state, params=best.params,
+                                                  distributions=best.distributions, user_attrs=best.user_attrs))
+    pruned, failed = study.trials[-2:]
+    [exported] = export_study(study, trial=pruned.number).trials
+    assert exported.trial == pruned.number and exported.config.to_dict() == best.user_attrs["config"]
+    with pytest.raises(ConfigError, match=f"trial {failed.number} is FAIL; export a COMPLETE"):
+        export_study(study, trial=failed.number)
+    assert export_study(study).trials[0].trial == best.number  # the best is still the best complete one
+    foreign = optuna.create_study(study_name="foreign", storage=f"sqlite:///{tmp_path / 'copy.db'}")
+    foreign.add_trial(optuna.trial.create_trial(value=1.0, params={}, distributions={}))
+    with pytest.raises(ConfigError, match="'foreign' was not created by hpo"):
+        export_study(foreign)
 
 
 def test_unreadable_export_is_refused(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from optuna.trial import TrialState
@@ -12,6 +14,7 @@ from hpo.config import parse_spec
 from hpo.run import run_study
 from hpo.storage import retrying
 from hpo.study import connect, enqueue
+from hpo.workers.pool import plan_slots
 from tests.conftest import tiny_study
 
 
@@ -99,3 +102,12 @@ def test_a_bug_in_every_trial_stops_the_worker(image_root, tmp_path, monkeypatch
     trials = load_existing(spec, f"sqlite:///{tmp_path / 's.db'}").trials
     assert [t.state for t in trials] == [TrialState.FAIL] * 5
     assert all(t.user_attrs["fail_reason"] == "ZeroDivisionError: a bug" for t in trials)
+
+
+def test_slots_spread_packed_workers_over_the_gpus_and_split_the_cores(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    slots = plan_slots(None, ["0", "1"], trials_per_gpu=2)
+    assert [(s.index, s.gpu, s.threads) for s in slots] == [(0, "0", 4), (1, "0", 4), (2, "1", 4), (3, "1", 4)]
+    assert [s.gpu for s in plan_slots(3, ["0", "1"], 1)] == ["0", "1", "0"]  # more workers than GPUs: round robin
+    assert [(s.gpu, s.threads) for s in plan_slots(4, [], 1)] == [(None, 4)] * 4  # no GPU: CPU workers
+    assert [(s.gpu, s.threads) for s in plan_slots(None, [], 3)] == [(None, 16)]
