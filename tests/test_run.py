@@ -33,6 +33,16 @@ def test_resume_continues_to_the_total_budget(image_root, tmp_path):
     assert all(0.0 <= t.value <= 1.0 for t in study.trials)
 
 
+def test_timeout_stops_starting_trials_and_a_rerun_resumes(image_root, tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    spec = parse_spec(tiny_study(image_root, tmp_path, budget__n_trials=50, budget__timeout="0.5s"))
+    # A trial takes longer than 0.5 s: the first one runs to its end, no second one starts.
+    assert run(spec, url).ran == 1
+    assert run_study(spec, url, timeout=0.5, live=False).ran == 1
+    study = optuna.load_study(study_name="tiny", storage=url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+
+
 def test_fold_plan_is_stored_and_reused(image_root, tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     spec = parse_spec(tiny_study(image_root, tmp_path, budget__n_trials=1))
