@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -215,3 +216,22 @@ def test_shipped_mask_study_validates_on_the_archive(mask_archive, tmp_path):
     done = hpo("validate", "--study", "mask", "--set", f"data.root={mask_archive.root}",
                "--set", "search.pretrained=false", cwd=Path(__file__).parents[1])
     assert done.returncode == 2 and "set data.corrupt=skip" in done.stderr
+
+
+def test_worker_joins_from_a_machine_without_the_study_file(finished_study, tmp_path):
+    url = f"sqlite:///{tmp_path / 'copy.db'}"
+    with sqlite3.connect(finished_study.folder / "tiny.db") as source, sqlite3.connect(tmp_path / "copy.db") as copy:
+        source.backup(copy)
+    elsewhere = tmp_path / "elsewhere"  # no tiny.yaml here: the spec stored with the study is used
+    elsewhere.mkdir()
+    done = hpo("worker", "--study", "tiny", "--storage", url, "--n-trials", "4",
+               "--set", f"output_dir={tmp_path / 'runs'}", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert "joined study tiny" in done.stderr and "this worker ran 1 trials" in done.stderr
+    study = optuna.load_study(study_name="tiny", storage=url)
+    assert len(study.trials) == 4 and study.trials[3].state == TrialState.COMPLETE
+    assert set(study.trials[3].params) == {"lr", "loss"}
+    missing = hpo("worker", "--study", "nosuch", "--storage", url, cwd=elsewhere)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        f"error: no study 'nosuch' in {url}; start it with hpo run first, or give the study file"]
