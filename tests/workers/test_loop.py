@@ -10,7 +10,8 @@ from optuna.trial import TrialState
 from sqlalchemy.exc import OperationalError
 
 from hpo import objective
-from hpo.config import parse_spec
+from hpo.config import load_params_file, parse_spec
+from hpo.errors import ConfigError
 from hpo.run import run_study
 from hpo.storage import retrying
 from hpo.study import connect, enqueue
@@ -61,6 +62,22 @@ def test_enqueue_skips_duplicates(image_root, tmp_path):
     assert enqueue(handle, trials) == 2
     assert enqueue(handle, trials) == 0
     assert len(handle.study.trials) == 2
+    with pytest.raises(ConfigError, match=r"trial 0: unknown parameter\(s\) \['momentum'\]; searched parameters: loss, lr"):
+        enqueue(handle, [{"lr": 0.004, "momentum": 0.9}])
+    assert len(handle.study.trials) == 2  # nothing of a refused file is enqueued
+
+
+def test_params_file_is_one_mapping_or_a_list(tmp_path):
+    one, many, bad = tmp_path / "one.yaml", tmp_path / "many.yaml", tmp_path / "bad.yaml"
+    one.write_text("lr: 0.004\nloss: focal\n")
+    many.write_text("- {lr: 0.004}\n- {lr: 0.001, loss: focal}\n")
+    bad.write_text("- 0.004\n")
+    assert load_params_file(one) == [{"lr": 0.004, "loss": "focal"}]
+    assert load_params_file(many) == [{"lr": 0.004}, {"lr": 0.001, "loss": "focal"}]
+    with pytest.raises(ConfigError, match="expected a mapping of parameter: value, or a list of them"):
+        load_params_file(bad)
+    with pytest.raises(ConfigError, match="cannot read parameters"):
+        load_params_file(tmp_path / "missing.yaml")
 
 
 def test_transient_storage_errors_are_retried():
