@@ -163,3 +163,19 @@ def test_compiled_model_trains(data, monkeypatch):
     compiled = fit_fold(config(max_epochs=1, compile="default"), data, CPU)
     assert compiled.history[0].train_loss == pytest.approx(plain.history[0].train_loss, rel=1e-3)
     assert compiled.best_f1 == pytest.approx(plain.best_f1, abs=0.05)
+
+
+def test_mixup_and_cutmix_mix_labels_in_the_share_of_their_pixels():
+    torch.manual_seed(0)
+    x = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1).expand(8, 3, 10, 10).contiguous()
+    y = torch.arange(8)  # image i is all i: a pixel names the image it came from
+    mixed, y_other, lam = loop.Mixer(1.0, 0.0, seed=0)(x, y)
+    assert 0 < lam < 1 and not torch.equal(y_other, y)
+    assert torch.allclose(mixed[:, 0, 0, 0], lam * y + (1 - lam) * y_other)
+    for seed in range(5):
+        cut, y_other, lam = loop.Mixer(0.0, 1.0, seed)(x, y)
+        for i in range(8):
+            if y_other[i] != i:  # the pasted box is the other label's share of the image
+                assert (cut[i] == y_other[i]).float().mean() == pytest.approx(1 - lam)
+                assert (cut[i] == i).float().mean() == pytest.approx(lam)
+    assert loop.Mixer(0.0, 0.0, seed=0)(x, y) == (x, y, 1.0)
