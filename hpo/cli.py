@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from hpo.errors import HpoError
 
@@ -42,10 +43,11 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except HpoError as e:
-            console.print(f"[red]error:[/] {e}", soft_wrap=True, highlight=False)
+            # One line, printed as written: a message may quote YAML ([a, b]) or a path with brackets.
+            console.print(f"[red]error:[/] {escape(' '.join(str(e).split()))}", soft_wrap=True, highlight=False)
             raise typer.Exit(EXIT_INPUT) from None
         except DeviceError as e:
-            console.print(f"device failure, exiting for a fresh process: {e}", soft_wrap=True)
+            console.print(f"device failure, exiting for a fresh process: {e}", soft_wrap=True, markup=False)
             raise typer.Exit(EXIT_DEVICE) from None
         except (KeyboardInterrupt, WorkerStopping):
             console.print("stopped; running trials were re-enqueued. Run the same command to resume.")

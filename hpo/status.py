@@ -12,7 +12,7 @@ from rich.text import Text
 
 from hpo.config import StudySpec
 from hpo.errors import StorageError
-from hpo.storage import is_sqlite, open_storage, redact, resolve_url, sqlite_file
+from hpo.storage import open_storage, redact, require_database, resolve_url
 from hpo.study import COUNTED, best_value, count_states
 from hpo.workers.loop import WORKER_ATTR_PREFIX
 
@@ -20,9 +20,7 @@ from hpo.workers.loop import WORKER_ATTR_PREFIX
 def load_existing(spec: StudySpec, url: str | None) -> optuna.Study:
     """The study as stored; never creates a database."""
     url = resolve_url(url, spec)
-    database = sqlite_file(url) if is_sqlite(url) else None
-    if database is not None and not database.is_file():
-        raise StorageError(f"no study {spec.name!r}: {database} does not exist; start it with hpo run, or pass --storage")
+    require_database(url, spec.name)
     try:
         return optuna.load_study(study_name=spec.name, storage=open_storage(url))
     except KeyError:

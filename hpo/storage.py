@@ -34,7 +34,7 @@ import numpy as np
 import optuna
 from dotenv import load_dotenv
 from optuna.exceptions import StorageInternalError
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
@@ -48,6 +48,7 @@ ENV_STORAGE = "HPO_STORAGE"
 ATTR_PLAN, ATTR_FINGERPRINT, ATTR_CV, ATTR_SPEC = "fold_plan", "data_fingerprint", "cv", "spec"
 ATTR_CLASSES = "classes"
 RETRY_SECONDS = 120.0
+PERMANENT_CONNECT_ERRORS = ("does not exist", "password authentication failed", "no pg_hba.conf entry")
 # What a storage call raises when the database itself fails (for callers that must carry on).
 STORAGE_FAILURES = (StorageInternalError, SQLAlchemyError)  # how long a storage call keeps retrying a transient error
 
@@ -82,7 +83,10 @@ def is_transient(error: BaseException) -> bool:
     while isinstance(error, StorageInternalError) and error.__cause__ is not None:
         error = error.__cause__
     if isinstance(error, (OperationalError, InterfaceError)):  # InterfaceError: connection closed
-        return True
+        # Not a database or role that does not exist, nor refused credentials: retrying cannot
+        # fix those. libpq reports them at connection time without an SQLSTATE, so by message.
+        message = str(error.orig)
+        return not any(permanent in message for permanent in PERMANENT_CONNECT_ERRORS)
     return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
 
 
@@ -96,8 +100,10 @@ def retrying(call: Callable[..., Any], name: str, seconds: float = RETRY_SECONDS
             except (StorageInternalError, SQLAlchemyError) as e:
                 if not is_transient(e) or time.monotonic() > deadline:
                     raise
-                log.warning("storage %s: transient error, retrying in %.1fs: %s", name, delay,
-                            str(e.__cause__ or e).splitlines()[0])
+                # One warning per outage, not one per attempt.
+                log.log(logging.WARNING if delay == 0.05 else logging.DEBUG,
+                        "storage %s: transient error, retrying for up to %.0fs: %s", name, seconds,
+                        str(e.__cause__ or e).splitlines()[0])
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 5.0)
 
@@ -130,11 +136,11 @@ def sqlite_file(url: str) -> Path | None:
 def _prepare_sqlite(path: Path) -> None:
     """WAL mode (persistent in the file), set before any pool holds the file: readers such as
     the dashboard then work beside writers."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with closing(sqlite3.connect(path, timeout=60)) as connection:
             connection.execute("PRAGMA journal_mode=WAL")
-    except sqlite3.Error as e:
+    except (OSError, sqlite3.Error) as e:
         raise StorageError(f"cannot open SQLite file {path}: {e}; check the path and its permissions") from None
 
 
@@ -237,8 +243,31 @@ def study_lock(url: str, study_name: str) -> Iterator[None]:
         engine.dispose()
 
 
+def require_database(url: str, study_name: str) -> None:
+    """For commands that only read a study: refuse a database that does not exist yet, rather
+    than create it (Optuna's storage creates the file or the tables on first use)."""
+    missing = f"no study {study_name!r} in {redact(url)}; start it with hpo run first, or pass the --storage it runs on"
+    if is_sqlite(url):
+        database = sqlite_file(url)
+        if database is not None and not database.is_file():
+            raise StorageError(missing)
+        return
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            exists = inspect(connection).has_table("studies")
+    except (SQLAlchemyError, ImportError) as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise StorageError(f"cannot open storage {redact(url)}: {reason}; check --storage / {ENV_STORAGE}") from None
+    finally:
+        engine.dispose()
+    if not exists:
+        raise StorageError(missing)
+
+
 def stored_spec(url: str, study_name: str) -> dict[str, Any]:
     """The study file a study was created with (for workers joining without the file)."""
+    require_database(url, study_name)
     storage = open_storage(url)
     try:
         study_id = storage.get_study_id_from_name(study_name)

@@ -64,6 +64,8 @@ def test_run_end_to_end_stores_the_trials(image_root, tmp_path):
         ("search.head=factorized", "search.head: factorized needs labels made of factors"),
         ("search.labels={age_boundary: 58}", "search.labels: ['age_boundary'] are not options of this data format"),
         ("search.sampling=stratified", "search.sampling: unknown sampling 'stratified'"),
+        # Printed as written, not read as console markup.
+        ("data.normalization=foo", "use imagenet, half or {mean: [r, g, b], std: [r, g, b]}"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(study_file, tmp_path, change, message):
@@ -173,11 +175,13 @@ def test_review_flow_export_train_predict_report(finished_study, image_root, tmp
     [
         (["train", "--config", "missing.yaml"], "--config missing.yaml: cannot read"),
         (["predict", "--model", ".", "--data", "."], "--model .: no final.yaml; give the folder hpo train wrote"),
-        (["export", "--study", "STUDY", "--storage", "sqlite:///empty.db"], "no study 'tiny': empty.db does not exist"),
+        (["export", "--study", "STUDY", "--storage", "sqlite:///empty.db"], "no study 'tiny' in sqlite:///empty.db"),
+        (["status", "--study", "nosuch", "--storage", "sqlite:///sub/new.db"], "no study 'nosuch' in sqlite:///sub/new.db"),
+        (["export", "--study", "STUDY", "--storage", "URL", "-o", "."], ". is a folder; give the path of a file"),
     ],
 )
 def test_review_commands_bad_input_exit_2(finished_study, tmp_path, args, message):
-    args = [str(finished_study.path) if a == "STUDY" else a for a in args]
+    args = [{"STUDY": str(finished_study.path), "URL": finished_study.url}.get(a, a) for a in args]
     done = hpo(*args, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1

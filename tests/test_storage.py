@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from hpo.config import parse_spec
 from hpo.errors import StorageError
-from hpo.storage import open_storage, redact, resolve_url
+from hpo.storage import is_transient, open_storage, redact, resolve_url, stored_spec
 from tests.conftest import tiny_study
 
 
@@ -43,3 +44,20 @@ def test_sqlite_is_created_with_wal(tmp_path):
     storage = open_storage(f"sqlite:///{tmp_path / 'deep' / 'er' / 's.db'}")
     with storage.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_a_missing_database_or_refused_login_is_not_retried_a_lost_server_is():
+    def connect_error(message: str) -> OperationalError:
+        return OperationalError("connect", {}, Exception(message))
+
+    assert not is_transient(connect_error('FATAL:  database "hpo" does not exist'))
+    assert not is_transient(connect_error('FATAL:  password authentication failed for user "bob"'))
+    assert is_transient(connect_error("connection to server at 127.0.0.1, port 5432 failed: Connection refused"))
+    assert is_transient(connect_error("server closed the connection unexpectedly"))
+
+
+def test_read_only_commands_never_create_a_database(tmp_path):
+    url = f"sqlite:///{tmp_path / 'sub' / 'new.db'}"
+    with pytest.raises(StorageError, match=r"no study 'tiny' in sqlite:///.*new.db; start it with hpo run first"):
+        stored_spec(url, "tiny")
+    assert list(tmp_path.iterdir()) == []
