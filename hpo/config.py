@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from hpo.data.formats import FORMATS
-from hpo.errors import ConfigError
+from hpo.errors import ConfigError, HpoError
 from hpo.space import SearchSpace, param_names, parse_search
 from hpo.strategy import PRUNERS, SAMPLERS, max_report_steps
 
@@ -319,18 +319,23 @@ def parse_spec(raw: Any, source: str = "study file", overrides: Sequence[str] = 
     return spec
 
 
-def load_spec(study: str | Path, overrides: Sequence[str] = ()) -> StudySpec:
-    """Find, read, override and validate a study file."""
-    path = find_study_file(study)
+def read_yaml(path: Path, what: str, error: type[HpoError] = ConfigError) -> Any:
+    """A YAML file's content; an unreadable file or bad syntax is one line naming the place.
+    ``what`` says what the file should be, e.g. "a file written by hpo export"."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror or e}); give {what}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(
-            f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)}); fix the syntax"
-        ) from e
-    return parse_spec(raw, str(path), overrides)
+        raise error(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', None) or e}); fix the syntax") from None
+
+
+def load_spec(study: str | Path, overrides: Sequence[str] = ()) -> StudySpec:
+    """Find, read, override and validate a study file."""
+    path = find_study_file(study)
+    return parse_spec(read_yaml(path, "a study file"), str(path), overrides)
 
 
 def load_spec_or_stored(study: str, overrides: Sequence[str], stored: Callable[[], dict[str, Any]]) -> StudySpec:
@@ -345,10 +350,7 @@ def load_spec_or_stored(study: str, overrides: Sequence[str], stored: Callable[[
 
 def load_params_file(path: Path) -> list[dict[str, Any]]:
     """Trial parameters to enqueue: one mapping, or a list of mappings (YAML)."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read parameters ({e}); give a YAML mapping or list of mappings") from None
+    raw = read_yaml(path, "a YAML mapping of parameter: value, or a list of them")
     trials = raw if isinstance(raw, list) else [raw]
     if not trials or not all(isinstance(t, dict) and t for t in trials):
         raise ConfigError(f"{path}: expected a mapping of parameter: value, or a list of them")

@@ -17,7 +17,7 @@ import optuna
 import yaml
 from optuna.trial import FixedTrial, FrozenTrial, TrialState
 
-from hpo.config import StudySpec, parse_spec
+from hpo.config import StudySpec, parse_spec, read_yaml
 from hpo.data.folds import plan_digest
 from hpo.errors import ConfigError
 from hpo.files import write_whole
@@ -115,14 +115,14 @@ def write_export(export: Export, path: Path) -> Path:
 
 def read_export(path: Path) -> Export:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"--config {path}: cannot read ({e}); give a file written by hpo export") from None
+    raw = read_yaml(path, "a file written by hpo export")
     if not isinstance(raw, dict) or raw.get("hpo_export") != FORMAT_VERSION:
         raise ConfigError(f"--config {path}: not an hpo export (version {FORMAT_VERSION}); write one with hpo export")
     try:
-        return Export(study=raw["study"], spec=raw["spec"], data_fingerprint=raw["data_fingerprint"],
-                      fold_plan=raw["fold_plan"], trials=[ExportedTrial.from_dict(t) for t in raw["trials"]])
+        export = Export(study=raw["study"], spec=raw["spec"], data_fingerprint=raw["data_fingerprint"],
+                        fold_plan=raw["fold_plan"], trials=[ExportedTrial.from_dict(t) for t in raw["trials"]])
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"--config {path}: incomplete export ({type(e).__name__}: {e}); export it again") from None
+    if not export.trials:
+        raise ConfigError(f"--config {path}: the export holds no trial; export one (hpo export --trial N or --top-k K)")
+    return export

@@ -21,14 +21,19 @@ import numpy as np
 import torch
 import yaml
 
+from hpo.data.augment import OPS
 from hpo.data.cache import decoded
 from hpo.data.folds import iter_folds, plan_digest
+from hpo.data.loader import SAMPLING
 from hpo.data.table import ImageTable
-from hpo.errors import DataError
+from hpo.errors import ConfigError, DataError
 from hpo.export import Export, ExportedTrial
 from hpo.study import prepare
 from hpo.train.config import TrainConfig
 from hpo.train.loop import EpochResult, FoldData, FoldResult, fit_fold
+from hpo.train.losses import CLASS_WEIGHTS, LOSSES
+from hpo.train.models import FREEZE, check_backbone
+from hpo.train.optim import OPTIMIZERS, SCHEDULERS
 
 MANIFEST = "final.yaml"
 Mode = Literal["folds", "full"]
@@ -76,6 +81,10 @@ def train_final(
     from hpo.objective import pick_device
 
     device = device or pick_device()
+    out = Path(out)
+    check_out(out)
+    for exported in export.trials:
+        check_config(exported.config, f"trial {exported.trial}")
     spec = export.study_spec(overrides)
     table, plan = prepare(spec)
     if table.fingerprint() != export.data_fingerprint or plan_digest(plan) != export.fold_plan:
@@ -84,7 +93,6 @@ def train_final(
             f" {export.study!r} was run on (fingerprint {table.fingerprint()} != {export.data_fingerprint});"
             " point --set data.root=... at that data"
         )
-    out = Path(out)
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -114,6 +122,22 @@ def train_final(
         shutil.rmtree(out)
     partial.rename(out)
     return FinalResult(out, mode, models)
+
+
+def check_out(out: Path) -> None:
+    """``out`` is replaced at the end: only ever a folder an earlier hpo train wrote, or none."""
+    if out.exists() and not (out.is_dir() and ((out / MANIFEST).is_file() or not any(out.iterdir()))):
+        raise ConfigError(f"--out {out} exists and is not a folder hpo train wrote; give a new or empty folder")
+
+
+def check_config(cfg: TrainConfig, where: str) -> None:
+    """An export's config names things this install has (an export is a file someone may edit)."""
+    check_backbone(cfg.backbone, f"{where}: backbone")
+    for registry, name in ((FREEZE, cfg.freeze.name), (OPTIMIZERS, cfg.optimizer.name), (SCHEDULERS, cfg.scheduler.name),
+                           (LOSSES, cfg.loss.name), (CLASS_WEIGHTS, cfg.class_weights), (SAMPLING, cfg.sampling)):
+        registry.get(name, where)
+    for op in cfg.augment:
+        OPS.get(op.name, f"{where}: augment")
 
 
 def _save(folder: Path, exported: ExportedTrial, cfg: TrainConfig, table: ImageTable,

@@ -18,15 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
+from hpo.config import read_yaml
 from hpo.data.formats import IMAGE_EXTENSIONS, read_rgb
 from hpo.data.loader import to_input
 from hpo.data.table import resize_image
 from hpo.errors import DataError
 from hpo.files import write_whole
-from hpo.final import MANIFEST
+from hpo.final import MANIFEST, check_config
 from hpo.train.config import TrainConfig
 from hpo.train.loop import autocast_for
 from hpo.train.models import create_model, to_device
@@ -55,20 +55,33 @@ def load_models(folder: Path, device: torch.device) -> tuple[list[LoadedModel], 
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         raise DataError(f"--model {folder}: no {MANIFEST}; give the folder hpo train wrote (its --out)")
-    manifest = yaml.safe_load(manifest_path.read_text())
-    models = []
-    for entry in manifest["models"]:
-        path = folder / entry["file"]
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError) as e:
-            raise DataError(f"--model: cannot load {path} ({e}); train again with hpo train") from None
+    damaged = f"--model {folder}: {MANIFEST} is damaged"
+    manifest = read_yaml(manifest_path, "the folder hpo train wrote", DataError)
+    try:
+        files, classes = [entry["file"] for entry in manifest["models"]], list(manifest["classes"])
+    except (KeyError, TypeError) as e:
+        raise DataError(f"{damaged} ({type(e).__name__}: {e}); train again with hpo train") from None
+    if not files:
+        raise DataError(f"{damaged}: it lists no model; train again with hpo train")
+    return [_load_model(folder / name, device) for name in files], classes
+
+
+def _load_model(path: Path, device: torch.device) -> LoadedModel:
+    try:  # a damaged file raises many types (unpickling, zip, key errors); all mean the same here
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         cfg = TrainConfig.from_dict(checkpoint["config"])
+        classes, state = checkpoint["classes"], checkpoint["state_dict"]
         factors = tuple(tuple(f) for f in checkpoint.get("factors", []))
-        model = create_model(cfg.backbone, False, len(checkpoint["classes"]), cfg.head, factors)
-        model.load_state_dict(checkpoint["state_dict"])
-        models.append(LoadedModel(entry["file"], cfg, to_device(model, device).eval()))
-    return models, list(manifest["classes"])
+    except Exception as e:
+        raise DataError(f"--model: cannot load {path} ({type(e).__name__}: {e}); train again with hpo train") from None
+    check_config(cfg, str(path))
+    model = create_model(cfg.backbone, False, len(classes), cfg.head, factors)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        reason = str(e).splitlines()[1 if len(str(e).splitlines()) > 1 else 0].strip()
+        raise DataError(f"--model: {path} does not fit its own config ({reason}); train again with hpo train") from None
+    return LoadedModel(path.name, cfg, to_device(model, device).eval())
 
 
 def find_inputs(data: Path) -> Inputs:

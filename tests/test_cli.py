@@ -173,7 +173,7 @@ def test_review_flow_export_train_predict_report(finished_study, image_root, tmp
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["train", "--config", "missing.yaml"], "--config missing.yaml: cannot read"),
+        (["train", "--config", "missing.yaml"], "missing.yaml: cannot read (No such file or directory); give a file written by hpo export"),
         (["predict", "--model", ".", "--data", "."], "--model .: no final.yaml; give the folder hpo train wrote"),
         (["export", "--study", "STUDY", "--storage", "sqlite:///empty.db"], "no study 'tiny' in sqlite:///empty.db"),
         (["status", "--study", "nosuch", "--storage", "sqlite:///sub/new.db"], "no study 'nosuch' in sqlite:///sub/new.db"),

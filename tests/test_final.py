@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 
-from hpo.errors import DataError
-from hpo.export import export_study
+from hpo.errors import ConfigError, DataError
+from hpo.export import export_study, read_export, write_export
 from hpo.final import MANIFEST, full_data_config, train_final
 
 
@@ -60,3 +60,24 @@ def test_other_data_is_refused_and_nothing_is_written(exported, image_root, tmp_
     with pytest.raises(DataError, match="is not the data study 'tiny' was run on"):
         train_final(exported, tmp_path / "final", "folds", torch.device("cpu"), [f"data.root={other}"])
     assert not (tmp_path / "final").exists()
+
+
+def test_out_that_hpo_did_not_write_or_a_foreign_config_is_refused_before_training(exported, tmp_path):
+    mine = tmp_path / "mydata"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="--out .*mydata exists and is not a folder hpo train wrote"):
+        train_final(exported, mine, "folds", torch.device("cpu"))
+    assert (mine / "precious.txt").read_text() == "keep me"
+    first = exported.trials[0]
+    edited = dataclasses.replace(first, config=dataclasses.replace(first.config, backbone="resnet999"))
+    with pytest.raises(ConfigError, match=f"trial {first.trial}: backbone: unknown timm backbone 'resnet999'"):
+        train_final(dataclasses.replace(exported, trials=[edited]), tmp_path / "final", "folds", torch.device("cpu"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mydata"]  # no .partial left
+
+
+def test_an_export_without_trials_is_refused(exported, tmp_path):
+    empty = tmp_path / "empty.yaml"
+    write_export(dataclasses.replace(exported, trials=[]), empty)
+    with pytest.raises(ConfigError, match="the export holds no trial"):
+        read_export(empty)

@@ -109,3 +109,21 @@ def test_missing_or_corrupt_inputs_name_the_file(model_dir, image_root, tmp_path
         predict_probabilities(models, find_inputs(folder).paths, CPU)
     with pytest.raises(DataError, match="no final.yaml"):
         load_models(tmp_path, CPU)
+
+
+def test_a_damaged_model_folder_is_one_clear_error(model_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    manifest = (broken / MANIFEST).read_text()
+    (broken / MANIFEST).write_text("models: [unclosed\n")
+    with pytest.raises(DataError, match="final.yaml: line 2 is not valid YAML"):
+        load_models(broken, CPU)
+    (broken / MANIFEST).write_text(manifest)
+    first = yaml.safe_load(manifest)["models"][0]["file"]
+    checkpoint = torch.load(broken / first, weights_only=True)
+    torch.save({**checkpoint, "classes": ["a", "b"]}, broken / first)  # weights of 3 classes
+    with pytest.raises(DataError, match=f"{first} does not fit its own config .*train again with hpo train"):
+        load_models(broken, CPU)
+    (broken / first).write_bytes(b"junk" * 100)
+    with pytest.raises(DataError, match=f"cannot load .*{first}"):
+        load_models(broken, CPU)

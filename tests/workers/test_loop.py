@@ -76,7 +76,7 @@ def test_params_file_is_one_mapping_or_a_list(tmp_path):
     assert load_params_file(many) == [{"lr": 0.004}, {"lr": 0.001, "loss": "focal"}]
     with pytest.raises(ConfigError, match="expected a mapping of parameter: value, or a list of them"):
         load_params_file(bad)
-    with pytest.raises(ConfigError, match="cannot read parameters"):
+    with pytest.raises(ConfigError, match="missing.yaml: cannot read .*; give a YAML mapping"):
         load_params_file(tmp_path / "missing.yaml")
 
 
