@@ -15,9 +15,15 @@ from hpo.errors import DataError
 
 def make_fold_plan(table: ImageTable, folds: int, seed: int) -> np.ndarray:
     """The validation fold of every sample; no group is split across folds."""
+    present, counts = np.unique(table.labels, return_counts=True)
+    if len(present) < 2:
+        only = table.classes[present[0]] if len(table.classes) > present[0] else present[0]
+        raise DataError(f"the data holds one class only ({only!r}); a classifier needs two or more, check data.root")
     n_groups = len(np.unique(table.groups))
     if n_groups < folds:
         raise DataError(f"cv.folds={folds} but the data has only {n_groups} group(s); lower cv.folds")
+    if counts.max() < folds:
+        raise DataError(f"cv.folds={folds} but no class has {folds} samples (largest: {counts.max()}); lower cv.folds")
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     plan = np.full(len(table), -1, dtype=np.int64)
     with warnings.catch_warnings():

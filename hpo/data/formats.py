@@ -99,8 +99,11 @@ def csv(
     listing = base / file
     if not listing.is_file():
         raise DataError(f"data.file: {listing} does not exist; set data.file to the CSV listing")
-    with listing.open(newline="") as handle:
-        records = list(csvlib.DictReader(handle))
+    try:
+        with listing.open(newline="", encoding="utf-8-sig") as handle:
+            records = list(csvlib.DictReader(handle))
+    except UnicodeDecodeError as e:
+        raise DataError(f"data.file: {listing} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     needed = [c for c in (path_column, label_column, group_column) if c]
     absent = [c for c in needed if records and c not in records[0]]
     if absent or not records:
@@ -108,6 +111,10 @@ def csv(
             f"data.file: {listing} lacks column(s) {absent or needed} (or has no rows); set"
             " data.path_column / label_column / group_column to its header names"
         )
+    short = [line for line, r in enumerate(records, start=2) if any(r[c] in (None, "") for c in needed)]
+    if short:
+        raise DataError(f"data.file: {listing} line {short[0]} (and {len(short) - 1} more) leaves {', '.join(needed)}"
+                        " empty; fill or remove those rows")
     classes = sorted({r[label_column] for r in records})
     index = {name: i for i, name in enumerate(classes)}
     rows = [

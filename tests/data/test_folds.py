@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import pytest
 
 from hpo.data.folds import iter_folds, make_fold_plan
 from hpo.data.formats import load_table
+from hpo.errors import DataError
 
 
 def test_plan_is_stable_and_seeded(image_root):
@@ -34,3 +38,16 @@ def test_folds_are_stratified():
     for _, _, val in iter_folds(plan):
         share = table.class_counts(val) / len(val)
         assert np.abs(share - overall).max() < 0.01
+
+
+def test_one_class_or_too_few_samples_for_the_folds_is_a_data_error(image_root):
+    table = load_table("csv", {"root": str(image_root), "group_column": "group"})
+    one_class = dataclasses.replace(table, labels=np.zeros(len(table), dtype=np.int64))
+    with pytest.raises(DataError, match="the data holds one class only \\('c0_red'\\); a classifier needs two"):
+        make_fold_plan(one_class, 2, seed=0)
+    few = np.flatnonzero(table.labels != 2)[::13]  # 3 + 4 samples of two classes, each its own group
+    small = dataclasses.replace(table, labels=table.labels[few], groups=np.arange(len(few)),
+                                identity=[table.identity[i] for i in few])
+    with pytest.raises(DataError, match="cv.folds=5 but no class has 5 samples \\(largest: 4\\); lower cv.folds"):
+        make_fold_plan(small, 5, seed=0)
+    assert set(make_fold_plan(small, 3, seed=0).tolist()) == {0, 1, 2}

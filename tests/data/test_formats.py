@@ -53,6 +53,18 @@ def test_csv_missing_column_and_missing_files(image_root, tmp_path):
         load_table("csv", {"root": str(copy)})
 
 
+def test_csv_not_utf8_or_with_empty_fields_is_a_data_error(image_root, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(image_root, copy)
+    lines = (image_root / "labels.csv").read_text().splitlines()
+    (copy / "labels.csv").write_bytes(("\n".join(lines[:3]) + "\nc0_red/02.png,caf\u00e9,x\n").encode("latin-1"))
+    with pytest.raises(DataError, match="labels.csv is not UTF-8 text .*; save it as UTF-8"):
+        load_table("csv", {"root": str(copy)})
+    (copy / "labels.csv").write_text("\n".join([*lines[:5], "c0_red/04.png", "c0_red/05.png,,g"]) + "\n")
+    with pytest.raises(DataError, match="labels.csv line 6 \\(and 1 more\\) leaves path, label, group empty"):
+        load_table("csv", {"root": str(copy), "group_column": "group"})
+
+
 def test_corrupt_image_is_named(image_root, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(image_root, copy)
