@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -134,8 +133,10 @@ def worker(
 
     raise_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if threads := os.environ.get("HPO_THREADS"):
-        torch.set_num_threads(int(threads))
+    from hpo.env import env_int
+
+    if threads := env_int("HPO_THREADS", 1):
+        torch.set_num_threads(threads)
     spec = _spec(study, _overrides(set_, tensorboard), storage)
     handle = connect(spec, storage)
     # Workers start with the same sampler seed; without a reseed they would propose the same
@@ -182,7 +183,7 @@ def dashboard(
     study: StudyOpt,
     storage: StorageOpt = None,
     host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 exposes it to the network")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port")] = 8080,
+    port: Annotated[int, typer.Option(help="Port", min=1, max=65535)] = 8080,
     set_: SetOpt = None,
 ) -> None:
     """Serve optuna-dashboard on the study's storage, with its artifact store (per-trial confusion

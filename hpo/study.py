@@ -14,10 +14,12 @@ from hpo.config import StudySpec
 from hpo.data.folds import make_fold_plan
 from hpo.data.formats import load_table
 from hpo.data.table import ImageTable
+from hpo.env import env_int
 from hpo.errors import ConfigError
 from hpo.review.note import ensure_note
 from hpo.space import candidates, param_names
 from hpo.storage import open_storage, open_study, resolve_url, study_lock
+from hpo.train.loop import compile_backend
 from hpo.train.models import check_head, create_model
 
 # Trials that count towards the budget. A FAIL (a crash, or a worker that died) does not: it is
@@ -44,9 +46,18 @@ def check_data_choices(spec: StudySpec, table: ImageTable) -> None:
             table.training_labels({key: value})
 
 
+def check_environment(spec: StudySpec) -> None:
+    """The environment knobs a trial reads, checked before anything starts."""
+    env_int("HPO_LOADER_WORKERS", 0)
+    env_int("HPO_THREADS", 1)
+    if spec.train.compile != "off":
+        compile_backend()
+
+
 def prepare(spec: StudySpec) -> tuple[ImageTable, np.ndarray]:
     """Everything that can fail on bad input, done before any storage is touched: the data
     read, the fold plan computed, data-dependent choices and pretrained weights checked."""
+    check_environment(spec)
     table = load_table(spec.data.format, spec.data.options)
     plan = make_fold_plan(table, spec.cv.folds, spec.cv.seed)
     check_data_choices(spec, table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,16 @@ def test_override_needs_key_and_value(tmp_path, image_root):
 )
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("HPO_LOADER_WORKERS", "lots", "HPO_LOADER_WORKERS='lots': expected a whole number >= 0"),
+    ("HPO_THREADS", "0", "HPO_THREADS='0': expected a whole number >= 1"),
+    ("HPO_COMPILE_BACKEND", "nope", "HPO_COMPILE_BACKEND='nope': not a torch.compile backend; use one of"),
+])
+def test_bad_environment_knobs_fail_before_the_study_starts(image_root, tmp_path, monkeypatch, name, value, message):
+    from hpo.study import prepare
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        prepare(parse_spec(tiny_study(image_root, tmp_path, train={"compile": "default"})))

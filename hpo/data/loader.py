@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, WeightedRandomSampler
 
 from hpo.data.cache import available_cpus
+from hpo.env import env_int
 from hpo.errors import DataError
 from hpo.registry import Registry
 
@@ -165,11 +166,11 @@ def loader_workers(device: torch.device, augmented: bool) -> int:
     one gather from the cache, which the training process does faster than a pipe would carry it.
     On the CPU the cores are busy training, so augmentation runs in-process.
     """
-    if override := os.environ.get("HPO_LOADER_WORKERS"):
-        return max(0, int(override))
+    if (override := env_int("HPO_LOADER_WORKERS", 0)) is not None:
+        return override
     if device.type != "cuda" or not augmented:
         return 0
-    cores = int(os.environ.get("HPO_THREADS") or available_cpus())
+    cores = env_int("HPO_THREADS", 1) or available_cpus()
     return max(1, min(16, cores - 1))
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from hpo.data.augment import build_pipeline
 from hpo.data.loader import to_input, train_loader
-from hpo.errors import TrainingDiverged
+from hpo.errors import ConfigError, TrainingDiverged
 from hpo.train.config import TrainConfig
 from hpo.train.losses import build_criterion
 from hpo.train.models import build_freeze, create_model, to_device
@@ -136,12 +136,20 @@ class Stepper:
             self.on_step()
 
 
+def compile_backend() -> str:
+    backend = os.environ.get("HPO_COMPILE_BACKEND") or "inductor"
+    if backend not in torch._dynamo.list_backends(exclude_tags=()):
+        raise ConfigError(f"HPO_COMPILE_BACKEND={backend!r}: not a torch.compile backend; use one of"
+                          f" {', '.join(torch._dynamo.list_backends())}, or unset it")
+    return backend
+
+
 def compiled(model: nn.Module, mode: str) -> nn.Module:
     """``torch.compile`` in ``mode`` (off: the model as it is). ``HPO_COMPILE_BACKEND`` picks
     another backend than inductor (aot_eager checks the graph without generating code)."""
     if mode == "off":
         return model
-    backend = os.environ.get("HPO_COMPILE_BACKEND", "inductor")
+    backend = compile_backend()
     return torch.compile(model, mode=None if mode == "default" else mode, backend=backend)
 
 

@@ -44,8 +44,13 @@ class Slot:
 def plan_slots(workers: int | None, gpus: list[str] | None, trials_per_gpu: int) -> list[Slot]:
     """Workers per GPU (``trials_per_gpu`` each, round robin); without GPUs, CPU workers that
     split the cores between them."""
+    visible = torch.cuda.device_count()
     if gpus is None:
-        gpus = [str(i) for i in range(torch.cuda.device_count())]
+        gpus = [str(i) for i in range(visible)]
+    wrong = [g for g in gpus if not (g.isdigit() and int(g) < visible)]
+    if wrong:
+        raise ConfigError(f"--gpus {','.join(gpus)}: no CUDA device {wrong[0]!r} here (this machine shows"
+                          f" {visible}: {', '.join(map(str, range(visible))) or 'none'}); list indices it has")
     cores = os.cpu_count() or 1
     if gpus:
         order = [gpu for gpu in gpus for _ in range(trials_per_gpu)]

@@ -123,8 +123,13 @@ def test_a_bug_in_every_trial_stops_the_worker(image_root, tmp_path, monkeypatch
 
 def test_slots_spread_packed_workers_over_the_gpus_and_split_the_cores(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     slots = plan_slots(None, ["0", "1"], trials_per_gpu=2)
     assert [(s.index, s.gpu, s.threads) for s in slots] == [(0, "0", 4), (1, "0", 4), (2, "1", 4), (3, "1", 4)]
     assert [s.gpu for s in plan_slots(3, ["0", "1"], 1)] == ["0", "1", "0"]  # more workers than GPUs: round robin
     assert [(s.gpu, s.threads) for s in plan_slots(4, [], 1)] == [(None, 4)] * 4  # no GPU: CPU workers
     assert [(s.gpu, s.threads) for s in plan_slots(None, [], 3)] == [(None, 16)]
+    assert [s.gpu for s in plan_slots(None, None, 1)] == ["0", "1"]  # default: every visible GPU
+    for wrong in (["2"], ["0", "abc"]):
+        with pytest.raises(ConfigError, match=f"no CUDA device '{wrong[-1]}' here \\(this machine shows 2: 0, 1\\)"):
+            plan_slots(None, wrong, 1)

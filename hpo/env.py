@@ -1,0 +1,21 @@
+"""Environment knobs read as numbers, checked where they are read and before a study starts."""
+
+from __future__ import annotations
+
+import os
+
+from hpo.errors import ConfigError
+
+
+def env_int(name: str, minimum: int) -> int | None:
+    """A whole-number environment knob (unset or empty: None)."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        number = minimum - 1
+    if number < minimum:
+        raise ConfigError(f"{name}={value!r}: expected a whole number >= {minimum}; fix it or unset it")
+    return number
