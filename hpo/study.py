@@ -3,7 +3,9 @@ plan, seed trials enqueued. Shared by `hpo run`, `hpo worker`, `hpo enqueue` and
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,11 +13,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import StudySpec
+from hpo.data import cache
 from hpo.data.folds import make_fold_plan
 from hpo.data.formats import load_table
+from hpo.data.prepare import image_sizes
 from hpo.data.table import ImageTable
 from hpo.env import env_int
 from hpo.errors import ConfigError
+from hpo.review.artifacts import ENV_ARTIFACTS, artifact_location, open_artifact_store
 from hpo.review.note import ensure_note
 from hpo.space import candidates, param_names
 from hpo.storage import open_storage, open_study, resolve_url, study_lock
@@ -46,6 +51,28 @@ def check_data_choices(spec: StudySpec, table: ImageTable) -> None:
             table.training_labels({key: value})
 
 
+def check_images(spec: StudySpec, table: ImageTable) -> None:
+    """Decode every image once, into the shared cache at the smallest size the study samples
+    (the first trial at that size reads it; other sizes are built on first use): an unreadable
+    file fails here, before the study exists. With the cache off, the first trial finds it."""
+    if cache.cache_root() is not None:
+        cache.decoded(table, min(image_sizes(spec)), tuple(spec.data.crop) if spec.data.crop else None)
+
+
+def check_artifacts(spec: StudySpec) -> None:
+    """The artifact store can be opened (s3: boto3 and a bucket) or its folder made, without
+    making it yet: checking a study writes nothing."""
+    location = artifact_location(spec)
+    if location.startswith("s3://"):
+        open_artifact_store(location)
+        return
+    folder = Path(location).expanduser().absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise ConfigError(f"artifacts: cannot make the folder {folder} ({existing} is not a writable folder);"
+                          f" set artifacts: or {ENV_ARTIFACTS} to a writable folder")
+
+
 def check_environment(spec: StudySpec) -> None:
     """The environment knobs a trial reads, checked before anything starts."""
     env_int("HPO_LOADER_WORKERS", 0)
@@ -62,6 +89,8 @@ def prepare(spec: StudySpec) -> tuple[ImageTable, np.ndarray]:
     plan = make_fold_plan(table, spec.cv.folds, spec.cv.seed)
     check_data_choices(spec, table)
     check_pretrained(spec)
+    check_images(spec, table)
+    check_artifacts(spec)
     return table, plan
 
 

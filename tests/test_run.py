@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from hpo.config import parse_spec
-from hpo.errors import DataError
+from hpo.errors import ConfigError, DataError
 from hpo.run import run_study
 from hpo.storage import ATTR_FINGERPRINT, ATTR_PLAN
 from tests.conftest import tiny_study
@@ -91,3 +93,19 @@ def test_digits_demo_learns_real_data(tmp_path):
     assert trial.state == TrialState.COMPLETE and trial.value >= 0.95
     assert trial.user_attrs["config"]["backbone"] == "resnet10t"
     assert len(trial.user_attrs["fold_f1"]) == 3
+
+
+def test_a_corrupt_image_or_unwritable_artifacts_fail_before_the_study_exists(image_root, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    shutil.copytree(image_root, data)
+    (data / "c1_green" / "07.png").write_bytes(b"\x89PNG truncated")
+    db = tmp_path / "study.db"
+    spec = parse_spec(tiny_study(data, tmp_path))
+    with pytest.raises(DataError, match="cannot read .*c1_green/07.png .*replace or remove the file"):
+        run(spec, f"sqlite:///{db}")
+    assert not db.exists()  # a rerun after the fix starts clean, not "the data differs"
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("HPO_ARTIFACTS", str(tmp_path / "a-file" / "x"))  # a file's child: never a folder
+    with pytest.raises(ConfigError, match="artifacts: cannot make the folder .*a-file/x"):
+        run(parse_spec(tiny_study(image_root, tmp_path)), f"sqlite:///{tmp_path / 'other.db'}")
+    assert not (tmp_path / "other.db").exists()

@@ -44,7 +44,11 @@ def open_artifact_store(location: str):  # noqa: ANN201 - an optuna ArtifactStor
         except ImportError:
             raise ConfigError("artifacts: s3:// stores need boto3; pip install boto3, or use a shared folder") from None
     path = Path(location).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"artifacts: cannot make the folder {path} ({e.strerror}); set artifacts: or"
+                          f" {ENV_ARTIFACTS} to a writable folder") from None
     return FileSystemArtifactStore(str(path))
 
 
