@@ -53,9 +53,16 @@ def timm_model(backbone: str, pretrained: bool | str, num_classes: int) -> nn.Mo
         kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
     try:
         return timm.create_model(backbone, pretrained=bool(pretrained), **kwargs)
-    except (OSError, RuntimeError, ValueError) as e:
+    except Exception as e:  # a damaged or foreign file raises many types (safetensors, pickle, keys)
         if not pretrained:
             raise
+        if isinstance(pretrained, str):
+            reason = (str(e).strip().splitlines() or [""])[0][:200]
+            raise ConfigError(
+                f"pretrained weights file {pretrained} does not load into {backbone!r}"
+                f" ({type(e).__name__}: {reason}); give that backbone's own .pth/.safetensors weights"
+                " or set search.pretrained: false"
+            ) from e
         raise ConfigError(
             f"pretrained weights for {backbone!r} are not available offline ({type(e).__name__});"
             " download them into the HF cache (HF_HOME) beforehand, set search.pretrained to a"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from hpo.errors import TrainingDiverged
+from hpo.errors import ConfigError, TrainingDiverged
 from hpo.train import loop
 from hpo.train.config import AugmentOp, Component
 from hpo.train.loop import fit_fold, predict_logits
@@ -101,6 +101,11 @@ def test_pretrained_from_a_local_file(tmp_path):
         if id(param) not in head:
             assert torch.equal(param, loaded[name]), name
     assert model.get_classifier().out_features == 3
+    (tmp_path / "junk.safetensors").write_bytes(b"junk" * 64)
+    save_file(timm.create_model("test_efficientnet").state_dict(), tmp_path / "other.safetensors")
+    for name in ("junk.safetensors", "other.safetensors"):  # damaged, or another architecture's
+        with pytest.raises(ConfigError, match=f"weights file .*{name} does not load into 'test_resnet' .*pretrained: false"):
+            create_model("test_resnet", str(tmp_path / name), num_classes=3)
 
 
 def test_missing_weights_file_is_a_config_error(tmp_path):
