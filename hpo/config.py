@@ -26,7 +26,7 @@ from pydantic import (
 
 from hpo.data.formats import FORMATS
 from hpo.errors import ConfigError, HpoError
-from hpo.space import SearchSpace, param_names, parse_search
+from hpo.space import SearchSpace, check_params, parse_search
 from hpo.strategy import PRUNERS, SAMPLERS, max_report_steps
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
@@ -222,11 +222,8 @@ class StudySpec(_Model):
 
     @model_validator(mode="after")
     def _seed_trials(self) -> StudySpec:
-        known = param_names(self.search)
         for i, params in enumerate(self.seed_trials):
-            unknown = set(params) - known
-            if unknown:
-                raise ValueError(f"seed_trials[{i}]: unknown parameter(s) {sorted(unknown)}; searched parameters are: {', '.join(sorted(known))}")
+            check_params(self.search, params, f"seed_trials[{i}]")
         return self
 
     @model_validator(mode="after")

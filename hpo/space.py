@@ -332,27 +332,39 @@ def parse_search(raw: Mapping[str, Any]) -> SearchSpace:
     )
 
 
-def param_names(space: SearchSpace) -> set[str]:
-    """Every Optuna parameter name this space can produce (conditional ones included)."""
-    names = {
-        key for key in ("backbone", "pretrained", "lr", "weight_decay", "class_weights", "batch_size",
-                        "image_size", "mixup", "cutmix", "head", "sampling", "accumulate")
-        if not isinstance(getattr(space, key), (Fixed, type(None)))
+def searched(space: SearchSpace) -> dict[str, Param]:
+    """Every Optuna parameter this space can produce (conditional ones included), by name."""
+    params: dict[str, Param] = {
+        key: getattr(space, key)
+        for key in ("backbone", "pretrained", "lr", "weight_decay", "class_weights", "batch_size",
+                    "image_size", "mixup", "cutmix", "head", "sampling", "accumulate")
     }
     for key in ("freeze", "optimizer", "scheduler", "loss"):
         choice: Choice = getattr(space, key)
-        if len(choice.branches) > 1:
-            names.add(key)
+        params[key] = Categorical(tuple(choice.branches)) if len(choice.branches) > 1 else None
         for branch, args in choice.branches.items():
-            names |= {f"{key}.{branch}.{arg}" for arg, p in args.items() if not isinstance(p, Fixed)}
-    names |= {f"labels.{key}" for key, p in space.labels.items() if not isinstance(p, Fixed)}
-    if not isinstance(space.augment_preset, Fixed):
-        names.add("augment.preset")
+            params |= {f"{key}.{branch}.{arg}": p for arg, p in args.items()}
+    params |= {f"labels.{key}": p for key, p in space.labels.items()}
+    params["augment.preset"] = space.augment_preset
     for op, spec in space.augment_ops.items():
-        for field in ("enabled", "magnitude", "p"):
-            if not isinstance(getattr(spec, field), Fixed):
-                names.add(f"augment.{op}.{field}")
-    return names
+        params |= {f"augment.{op}.{field}": getattr(spec, field) for field in ("enabled", "magnitude", "p")}
+    return {name: p for name, p in params.items() if isinstance(p, (Categorical, Range))}
+
+
+def check_params(space: SearchSpace, params: Mapping[str, Any], where: str) -> None:
+    """Parameters given by hand (seed trials, hpo enqueue) must be values the space can sample."""
+    known = searched(space)
+    unknown = set(params) - set(known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown parameter(s) {sorted(unknown)}; searched parameters: {', '.join(sorted(known))}")
+    for name, value in params.items():
+        param = known[name]
+        if isinstance(param, Categorical) and value not in param.choices:
+            raise ConfigError(f"{where}: {name}={value!r} is not one of its choices {list(param.choices)}")
+        if isinstance(param, Range) and not (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and param.low <= value <= param.high
+        ):
+            raise ConfigError(f"{where}: {name}={value!r} is outside its range [{param.low}, {param.high}]")
 
 
 # ---------------------------------------------------------------------------------------------

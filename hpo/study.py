@@ -22,7 +22,7 @@ from hpo.env import env_int
 from hpo.errors import ConfigError
 from hpo.review.artifacts import ENV_ARTIFACTS, artifact_location, open_artifact_store
 from hpo.review.note import ensure_note
-from hpo.space import candidates, param_names
+from hpo.space import candidates, check_params
 from hpo.storage import open_storage, open_study, resolve_url, study_lock
 from hpo.train.loop import compile_backend
 from hpo.train.models import check_head, create_model
@@ -125,11 +125,8 @@ def connect(spec: StudySpec, url: str | None = None) -> StudyHandle:
 def enqueue(handle: StudyHandle, trials: list[dict[str, Any]]) -> int:
     """Put known configurations first; a configuration already in the study is skipped, even
     when several processes enqueue at once. Returns how many were added."""
-    known = param_names(handle.spec.search)
     for i, params in enumerate(trials):
-        unknown = set(params) - known
-        if unknown:
-            raise ConfigError(f"trial {i}: unknown parameter(s) {sorted(unknown)}; searched parameters: {', '.join(sorted(known))}")
+        check_params(handle.spec.search, params, f"trial {i}")
     with handle.lock():
         before = len(handle.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         for params in trials:

@@ -50,9 +50,14 @@ def test_seed_trials_run_first_and_once(image_root, tmp_path):
     assert params[:2] == seeds and len(params) == 3
 
 
-def test_seed_trials_with_unknown_parameters_are_refused(image_root, tmp_path):
-    with pytest.raises(Exception, match=r"seed_trials\[0\]: unknown parameter\(s\) \['momentum'\]"):
-        parse_spec(tiny_study(image_root, tmp_path, seed_trials=[{"momentum": 0.9}]))
+@pytest.mark.parametrize(("seed", "message"), [
+    ({"momentum": 0.9}, r"seed_trials\[0\]: unknown parameter\(s\) \['momentum'\]"),
+    ({"lr": 5}, r"seed_trials\[0\]: lr=5 is outside its range \[0.001, 0.01\]"),
+    ({"loss": "hinge"}, r"seed_trials\[0\]: loss='hinge' is not one of its choices \['cross_entropy', 'focal'\]"),
+])
+def test_seed_trials_outside_the_space_are_refused(image_root, tmp_path, seed, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_spec(tiny_study(image_root, tmp_path, seed_trials=[seed]))
 
 
 def test_enqueue_skips_duplicates(image_root, tmp_path):
@@ -64,6 +69,8 @@ def test_enqueue_skips_duplicates(image_root, tmp_path):
     assert len(handle.study.trials) == 2
     with pytest.raises(ConfigError, match=r"trial 0: unknown parameter\(s\) \['momentum'\]; searched parameters: loss, lr"):
         enqueue(handle, [{"lr": 0.004, "momentum": 0.9}])
+    with pytest.raises(ConfigError, match=r"trial 1: lr=50 is outside its range"):
+        enqueue(handle, [{"lr": 0.004}, {"lr": 50}])
     assert len(handle.study.trials) == 2  # nothing of a refused file is enqueued
 
 
