@@ -4,13 +4,16 @@ plan, seed trials enqueued. Shared by `hpo run`, `hpo worker`, `hpo enqueue` and
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
+import torch
 from optuna.trial import FrozenTrial, TrialState
+from torch import nn
 
 from hpo.config import StudySpec
 from hpo.data import cache
@@ -22,10 +25,12 @@ from hpo.env import env_int
 from hpo.errors import ConfigError
 from hpo.review.artifacts import ENV_ARTIFACTS, artifact_location, open_artifact_store
 from hpo.review.note import ensure_note
-from hpo.space import candidates, check_params
+from hpo.space import Categorical, Fixed, Param, candidates, check_params
 from hpo.storage import open_storage, open_study, resolve_url, study_lock
 from hpo.train.loop import compile_backend
-from hpo.train.models import check_head, create_model
+from hpo.train.losses import build_loss
+from hpo.train.models import build_freeze, check_head, create_model
+from hpo.train.optim import build_optimizer, build_schedule
 
 # Trials that count towards the budget. A FAIL (a crash, or a worker that died) does not: it is
 # retried or replaced, so the study still ends with its full budget of results.
@@ -39,6 +44,50 @@ def check_pretrained(spec: StudySpec) -> None:
     for backbone in candidates(spec.search.backbone) if wanted else []:
         for pretrained in wanted:
             create_model(backbone, pretrained, num_classes=2)
+
+
+def _ends(param: Param) -> tuple[Any, Any]:
+    """A parameter's two extreme values (a fixed one: itself twice)."""
+    if isinstance(param, Fixed):
+        return param.value, param.value
+    if isinstance(param, Categorical):
+        return param.choices[0], param.choices[-1]
+    cast = int if param.integer else float
+    return cast(param.low), cast(param.high)
+
+
+def check_components(spec: StudySpec) -> None:
+    """Every searched optimizer, scheduler, loss and freeze strategy built once with its arguments
+    at each end of their ranges: a value torch refuses (momentum -5, label smoothing 1.5) fails
+    here in one line, not as a failed trial each time it is sampled."""
+    model = nn.Linear(2, 2)
+    logits, target = torch.zeros(2, 2), torch.tensor([0, 1])
+
+    def schedule(name: str, args: dict[str, Any]) -> None:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        plan = build_schedule(name, args, optimizer, 2, spec.budget.max_epochs)
+        optimizer.step()  # as in training: the optimizer steps before its schedule does
+        plan.after_batch()
+        plan.after_epoch(0.5)
+
+    builders: dict[str, Callable[[str, dict[str, Any]], object]] = {
+        "optimizer": lambda name, args: build_optimizer(name, args, model, 1e-3, 0.0),
+        "scheduler": schedule,
+        "loss": lambda name, args: build_loss(name, args, "none", np.ones(2), torch.device("cpu"))(logits, target),
+        "freeze": build_freeze,
+    }
+    for key, build in builders.items():
+        for name, args in getattr(spec.search, key).branches.items():
+            for end in (0, 1):
+                values = {arg: _ends(param)[end] for arg, param in args.items()}
+                try:
+                    build(name, values)
+                except ConfigError:
+                    raise
+                except Exception as e:
+                    reason = (str(e).strip().splitlines() or [""])[0]
+                    raise ConfigError(f"search.{key}: {name} refuses {values} ({type(e).__name__}: {reason});"
+                                      " narrow the range of its arguments") from None
 
 
 def check_data_choices(spec: StudySpec, table: ImageTable) -> None:
@@ -88,6 +137,7 @@ def prepare(spec: StudySpec) -> tuple[ImageTable, np.ndarray]:
     table = load_table(spec.data.format, spec.data.options)
     plan = make_fold_plan(table, spec.cv.folds, spec.cv.seed)
     check_data_choices(spec, table)
+    check_components(spec)
     check_pretrained(spec)
     check_images(spec, table)
     check_artifacts(spec)

@@ -132,3 +132,17 @@ def test_bad_environment_knobs_fail_before_the_study_starts(image_root, tmp_path
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=re.escape(message)):
         prepare(parse_spec(tiny_study(image_root, tmp_path, train={"compile": "default"})))
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("optimizer", {"choose": {"adamw": {}, "sgd": {"momentum": {"low": -5, "high": 0.9}}}},
+     "search.optimizer: sgd refuses {'momentum': -5.0} (ValueError: Invalid momentum value: -5.0)"),
+    ("loss", {"choose": {"label_smoothing": {"epsilon": {"low": 0.1, "high": 1.5}}}},
+     "search.loss: label_smoothing refuses {'epsilon': 1.5} (RuntimeError: label_smoothing must be between 0.0 and 1.0"),
+    ("scheduler", {"choose": {"step": {"step_epochs": 0}}}, "search.scheduler: step refuses {'step_epochs': 0}"),
+])
+def test_component_arguments_torch_refuses_fail_before_the_study_starts(image_root, tmp_path, key, value, message):
+    from hpo.study import prepare
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        prepare(parse_spec(tiny_study(image_root, tmp_path, **{f"search__{key}": value})))
