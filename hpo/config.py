@@ -307,6 +307,8 @@ def parse_spec(raw: Any, source: str = "study file", overrides: Sequence[str] = 
         location = ".".join(str(part) for part in first["loc"]) or "(top level)"
         message = first["msg"].removeprefix("Value error, ")
         cause = first.get("ctx", {}).get("error")
+        if first["type"] == "extra_forbidden" and (known := _known_keys(first["loc"][:-1])):
+            message = f"unknown key; use one of: {', '.join(known)}"
         if isinstance(cause, ConfigError):  # already names its key
             location, message = "", str(cause)
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
@@ -314,6 +316,17 @@ def parse_spec(raw: Any, source: str = "study file", overrides: Sequence[str] = 
         raise ConfigError(f"{source}: {prefix}{message}{more}") from None
     spec._raw = raw
     return spec
+
+
+def _known_keys(location: tuple[Any, ...]) -> list[str]:
+    """The keys the study file allows at ``location`` (a section's fields), or [] if unknown."""
+    model: Any = StudySpec
+    for part in location:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        model = field.annotation if field else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+    return list(model.model_fields)
 
 
 def read_yaml(path: Path, what: str, error: type[HpoError] = ConfigError) -> Any:

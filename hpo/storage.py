@@ -70,7 +70,8 @@ def redact(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
-        return "<unparseable storage URL>"
+        # Not a URL: shown as typed unless it could hold a password (user:secret@host).
+        return url if "@" not in url else "<unparseable storage URL>"
 
 
 def is_sqlite(url: str) -> bool:

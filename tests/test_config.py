@@ -66,10 +66,10 @@ def spec_error(image_root: Path, tmp_path: Path, **changes) -> str:
         ({"data__colour": "rgb"}, "unknown option(s) ['colour'] for format 'csv'"),
         ({"cv__folds": 1}, "cv.folds: Input should be greater than or equal to 2"),
         ({"budget__timeout": "soon"}, "cannot read duration 'soon'"),
-        ({"epochs": 3}, "epochs: Extra inputs are not permitted"),
+        ({"epochs": 3}, "epochs: unknown key; use one of: name, direction, metric, seed"),
         ({"search__accumulate": 0}, "search.accumulate: 0 is not an integer in [1, 1024]"),
         ({"train__compile": "fastest"}, "train.compile: 'fastest' is not a torch.compile mode; use true, false or one of"),
-        ({"tracking__wandb": "proj"}, "tracking.wandb: Extra inputs are not permitted"),
+        ({"tracking__wandb": "proj"}, "tracking.wandb: unknown key; use one of: tensorboard"),
     ],
 )
 def test_invalid_study_is_one_clear_error(image_root, tmp_path, changes, expected):

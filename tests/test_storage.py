@@ -36,8 +36,10 @@ def test_unreachable_postgres_is_one_line_without_password():
 
 
 def test_bad_url_is_a_storage_error():
-    with pytest.raises(StorageError, match="cannot parse storage URL"):
-        open_storage("not a url")
+    with pytest.raises(StorageError, match="cannot parse storage URL '/tmp/plain.db'; use sqlite:///path.db"):
+        open_storage("/tmp/plain.db")
+    with pytest.raises(StorageError, match="cannot parse storage URL '<unparseable storage URL>'"):
+        open_storage("bob:hunter2@db")
 
 
 def test_sqlite_is_created_with_wal(tmp_path):
