@@ -3,10 +3,8 @@ plan, seed trials enqueued. Shared by `hpo run`, `hpo worker`, `hpo enqueue` and
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,9 +21,9 @@ from hpo.data.prepare import image_sizes
 from hpo.data.table import ImageTable
 from hpo.env import env_int
 from hpo.errors import ConfigError
-from hpo.review.artifacts import ENV_ARTIFACTS, artifact_location, open_artifact_store
+from hpo.review.artifacts import artifact_location, check_artifact_store
 from hpo.review.note import ensure_note
-from hpo.space import Categorical, Fixed, Param, candidates, check_params
+from hpo.space import Param, Range, candidates, check_params
 from hpo.storage import open_storage, open_study, resolve_url, study_lock
 from hpo.train.loop import compile_backend
 from hpo.train.losses import build_loss
@@ -47,13 +45,11 @@ def check_pretrained(spec: StudySpec) -> None:
 
 
 def _ends(param: Param) -> tuple[Any, Any]:
-    """A parameter's two extreme values (a fixed one: itself twice)."""
-    if isinstance(param, Fixed):
-        return param.value, param.value
-    if isinstance(param, Categorical):
-        return param.choices[0], param.choices[-1]
-    cast = int if param.integer else float
-    return cast(param.low), cast(param.high)
+    """A parameter's first and last candidate values, typed as a trial would sample them."""
+    values = candidates(param)
+    if isinstance(param, Range):
+        values = [(int if param.integer else float)(v) for v in values]
+    return values[0], values[-1]
 
 
 def check_components(spec: StudySpec) -> None:
@@ -108,20 +104,6 @@ def check_images(spec: StudySpec, table: ImageTable) -> None:
         cache.decoded(table, min(image_sizes(spec)), tuple(spec.data.crop) if spec.data.crop else None)
 
 
-def check_artifacts(spec: StudySpec) -> None:
-    """The artifact store can be opened (s3: boto3 and a bucket) or its folder made, without
-    making it yet: checking a study writes nothing."""
-    location = artifact_location(spec)
-    if location.startswith("s3://"):
-        open_artifact_store(location)
-        return
-    folder = Path(location).expanduser().absolute()
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise ConfigError(f"artifacts: cannot make the folder {folder} ({existing} is not a writable folder);"
-                          f" set artifacts: or {ENV_ARTIFACTS} to a writable folder")
-
-
 def check_environment(spec: StudySpec) -> None:
     """The environment knobs a trial reads, checked before anything starts."""
     env_int("HPO_LOADER_WORKERS", 0)
@@ -131,8 +113,9 @@ def check_environment(spec: StudySpec) -> None:
 
 
 def prepare(spec: StudySpec) -> tuple[ImageTable, np.ndarray]:
-    """Everything that can fail on bad input, done before any storage is touched: the data
-    read, the fold plan computed, data-dependent choices and pretrained weights checked."""
+    """Everything that can fail on bad input, done before any storage is touched: environment
+    knobs, the data read and decoded, the fold plan, data-dependent choices, component
+    arguments, pretrained weights and the artifact store checked."""
     check_environment(spec)
     table = load_table(spec.data.format, spec.data.options)
     plan = make_fold_plan(table, spec.cv.folds, spec.cv.seed)
@@ -140,7 +123,7 @@ def prepare(spec: StudySpec) -> tuple[ImageTable, np.ndarray]:
     check_components(spec)
     check_pretrained(spec)
     check_images(spec, table)
-    check_artifacts(spec)
+    check_artifact_store(artifact_location(spec))
     return table, plan
 
 

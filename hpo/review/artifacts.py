@@ -32,6 +32,19 @@ def artifact_location(spec: StudySpec) -> str:
     return os.environ.get(ENV_ARTIFACTS) or spec.artifacts or str(spec.outputs / "artifacts")
 
 
+def check_artifact_store(location: str) -> None:
+    """The store can be opened (s3: boto3 and a bucket) or its folder made, without making it
+    yet: checking a study writes nothing."""
+    if location.startswith("s3://"):
+        open_artifact_store(location)
+        return
+    folder = Path(location).expanduser().absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise ConfigError(f"artifacts: cannot make the folder {folder} ({existing} is not a writable folder);"
+                          f" set artifacts: or {ENV_ARTIFACTS} to a writable folder")
+
+
 def open_artifact_store(location: str):  # noqa: ANN201 - an optuna ArtifactStore
     if location.startswith("s3://"):
         bucket = location.removeprefix("s3://").strip("/")
