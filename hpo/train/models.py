@@ -47,7 +47,8 @@ def timm_model(backbone: str, pretrained: bool | str, num_classes: int) -> nn.Mo
         path = Path(pretrained).expanduser()
         if not path.is_file():
             raise ConfigError(
-                f"pretrained weights file {path} does not exist; give an existing .pth/.safetensors"
+                f"pretrained weights file {path} {'is a folder' if path.is_dir() else 'does not exist'};"
+                " give an existing .pth/.safetensors"
                 " file or set search.pretrained: false"
             )
         kwargs["pretrained_cfg_overlay"] = {"file": str(path)}

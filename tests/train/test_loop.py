@@ -114,6 +114,8 @@ def test_missing_weights_file_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="pretrained weights file .*missing.pth does not exist"):
         create_model("test_resnet", str(tmp_path / "missing.pth"), num_classes=3)
+    with pytest.raises(ConfigError, match="pretrained weights file .* is a folder; give an existing .pth"):
+        create_model("test_resnet", str(tmp_path), num_classes=3)
 
 
 def _updates(batches, accumulate):
