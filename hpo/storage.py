@@ -36,7 +36,14 @@ from dotenv import load_dotenv
 from optuna.exceptions import StorageInternalError
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.pool import NullPool
 
 from hpo.config import StudySpec
@@ -190,13 +197,24 @@ def open_storage(
             callback = None
             if heartbeat_interval:
                 callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-            storage = retrying(RetryingRDBStorage, "connect", seconds=10)(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=callback,
-            )
+            for attempt in range(3):
+                try:
+                    storage = retrying(RetryingRDBStorage, "connect", seconds=10)(
+                        url,
+                        engine_kwargs=engine_kwargs,
+                        heartbeat_interval=heartbeat_interval,
+                        grace_period=grace_period,
+                        heartbeat_stale_trial_callback=callback,
+                    )
+                    break
+                except (IntegrityError, StorageInternalError) as e:
+                    # Workers starting together on a new database race to create Optuna's
+                    # schema; the loser's insert of the schema version fails, and the schema
+                    # is there when it looks again.
+                    if attempt == 2 or not isinstance(e.__cause__ if isinstance(e, StorageInternalError) else e,
+                                                      IntegrityError):
+                        raise
+                    time.sleep(0.2 * (attempt + 1))
     except (SQLAlchemyError, StorageInternalError, ImportError, OSError) as e:
         cause = e.__cause__ or e
         reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
