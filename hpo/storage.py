@@ -85,11 +85,17 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def is_transient(error: BaseException) -> bool:
-    """Database errors worth retrying: lost connections, locks, deadlocks, serialization
-    failures, too many clients. Optuna wraps them in StorageInternalError."""
+def _unwrapped(error: BaseException) -> BaseException:
+    """The database error itself: Optuna wraps it in StorageInternalError."""
     while isinstance(error, StorageInternalError) and error.__cause__ is not None:
         error = error.__cause__
+    return error
+
+
+def is_transient(error: BaseException) -> bool:
+    """Database errors worth retrying: lost connections, locks, deadlocks, serialization
+    failures, too many clients."""
+    error = _unwrapped(error)
     if isinstance(error, (OperationalError, InterfaceError)):  # InterfaceError: connection closed
         # Not a database or role that does not exist, nor refused credentials: retrying cannot
         # fix those. libpq reports them at connection time without an SQLSTATE, so by message.
@@ -98,7 +104,11 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
 
 
-def retrying(call: Callable[..., Any], name: str, seconds: float = RETRY_SECONDS) -> Callable[..., Any]:
+def retrying(call: Callable[..., Any], name: str, seconds: float = RETRY_SECONDS,
+             retry_if: Callable[[BaseException], bool] | None = None) -> Callable[..., Any]:
+    """``call`` retried with backoff for ``seconds`` while its error is transient (or ``retry_if``)."""
+    retry_if = retry_if or is_transient
+
     @functools.wraps(call)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         deadline, delay = time.monotonic() + seconds, 0.05
@@ -106,7 +116,7 @@ def retrying(call: Callable[..., Any], name: str, seconds: float = RETRY_SECONDS
             try:
                 return call(*args, **kwargs)
             except (StorageInternalError, SQLAlchemyError) as e:
-                if not is_transient(e) or time.monotonic() > deadline:
+                if not retry_if(_unwrapped(e)) or time.monotonic() > deadline:
                     raise
                 # One warning per outage, not one per attempt.
                 log.log(logging.WARNING if delay == 0.05 else logging.DEBUG,
@@ -197,24 +207,16 @@ def open_storage(
             callback = None
             if heartbeat_interval:
                 callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-            for attempt in range(3):
-                try:
-                    storage = retrying(RetryingRDBStorage, "connect", seconds=10)(
-                        url,
-                        engine_kwargs=engine_kwargs,
-                        heartbeat_interval=heartbeat_interval,
-                        grace_period=grace_period,
-                        heartbeat_stale_trial_callback=callback,
-                    )
-                    break
-                except (IntegrityError, StorageInternalError) as e:
-                    # Workers starting together on a new database race to create Optuna's
-                    # schema; the loser's insert of the schema version fails, and the schema
-                    # is there when it looks again.
-                    if attempt == 2 or not isinstance(e.__cause__ if isinstance(e, StorageInternalError) else e,
-                                                      IntegrityError):
-                        raise
-                    time.sleep(0.2 * (attempt + 1))
+            # Workers starting together on a new database race to create Optuna's schema; the
+            # loser's insert of the schema version fails, and the schema is there when it looks again.
+            storage = retrying(RetryingRDBStorage, "connect", seconds=10,
+                               retry_if=lambda e: is_transient(e) or isinstance(e, IntegrityError))(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=callback,
+            )
     except (SQLAlchemyError, StorageInternalError, ImportError, OSError) as e:
         cause = e.__cause__ or e
         reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
