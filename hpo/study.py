@@ -27,7 +27,7 @@ from hpo.space import Param, Range, candidates, check_params
 from hpo.storage import open_storage, open_study, resolve_url, study_lock
 from hpo.train.loop import compile_backend
 from hpo.train.losses import build_loss
-from hpo.train.models import build_freeze, check_head, create_model
+from hpo.train.models import build_freeze, check_head, check_input_size, create_model
 from hpo.train.optim import build_optimizer, build_schedule
 
 # Trials that count towards the budget. A FAIL (a crash, or a worker that died) does not: it is
@@ -86,6 +86,17 @@ def check_components(spec: StudySpec) -> None:
                                       " narrow the range of its arguments") from None
 
 
+def check_input_sizes(spec: StudySpec) -> None:
+    """Every backbone at the smallest and largest image size the study samples (and every size
+    between when there are few): a ViT sampled at 256 px fails here, not in each of its trials."""
+    sizes = image_sizes(spec)
+    if len(sizes) > 8:
+        sizes = [sizes[0], sizes[-1]]
+    for backbone in candidates(spec.search.backbone):
+        for size in sizes:
+            check_input_size(backbone, size)
+
+
 def check_data_choices(spec: StudySpec, table: ImageTable) -> None:
     """Searched choices that depend on the data: a factorized head needs label factors, and
     training-label options must be the format's own (and valid)."""
@@ -115,12 +126,13 @@ def check_environment(spec: StudySpec) -> None:
 def prepare(spec: StudySpec) -> tuple[ImageTable, np.ndarray]:
     """Everything that can fail on bad input, done before any storage is touched: environment
     knobs, the data read and decoded, the fold plan, data-dependent choices, component
-    arguments, pretrained weights and the artifact store checked."""
+    arguments, backbones at the image sizes, pretrained weights and the artifact store checked."""
     check_environment(spec)
     table = load_table(spec.data.format, spec.data.options)
     plan = make_fold_plan(table, spec.cv.folds, spec.cv.seed)
     check_data_choices(spec, table)
     check_components(spec)
+    check_input_sizes(spec)
     check_pretrained(spec)
     check_images(spec, table)
     check_artifact_store(artifact_location(spec))

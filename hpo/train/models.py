@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
 import timm
 import torch
@@ -27,6 +28,26 @@ def check_backbone(name: str, key: str = "search.backbone") -> None:
         )
 
 
+def check_input_size(backbone: str, size: int) -> None:
+    """Run the untrained backbone once on a ``size`` px image: some take only the size they were
+    built for (ViT, Swin) or need a minimum (ConvNeXt). Tried on the meta device (no memory, no
+    compute); a failure there is confirmed on the CPU, which has every kernel."""
+    for device in ("meta", "cpu"):
+        try:
+            with torch.device(device):
+                model = timm.create_model(backbone, pretrained=False, num_classes=2).eval()
+            with torch.inference_mode():
+                model(torch.zeros(1, 3, size, size, device=device))
+            return
+        except Exception as e:
+            error = e
+    reason = (str(error).strip().splitlines() or [""])[0][:160]
+    raise ConfigError(
+        f"search.backbone: {backbone} does not run on {size} px images ({type(error).__name__}: {reason});"
+        " search image sizes it takes or drop that backbone"
+    )
+
+
 def create_model(
     backbone: str,
     pretrained: bool | str,
@@ -41,28 +62,48 @@ def create_model(
     return HEADS.get(head, "search.head")(backbone, pretrained, num_classes, factors)
 
 
+def cached_weights(backbone: str) -> str | None:
+    """The backbone's default weights file when it is already in the Hugging Face cache. Loaded
+    from there, a trial needs no network: timm's hub download first asks the Hub for a newer
+    version, which on a machine without internet costs its retries in every trial."""
+    cfg = timm.models.get_pretrained_cfg(backbone)
+    if cfg is None or not cfg.hf_hub_id or cfg.hf_hub_filename:  # a custom file name: leave it to timm
+        return None
+    repo, _, revision = cfg.hf_hub_id.partition("@")
+    for filename in ("model.safetensors", "pytorch_model.bin"):  # what timm's hub loader tries, in order
+        found = huggingface_hub.try_to_load_from_cache(repo, filename, revision=revision or None)
+        if isinstance(found, str):
+            return found
+    return None
+
+
 def timm_model(backbone: str, pretrained: bool | str, num_classes: int) -> nn.Module:
     kwargs: dict = {"num_classes": num_classes}
+    file = None
     if isinstance(pretrained, str):
         path = Path(pretrained).expanduser()
         if not path.is_file():
             raise ConfigError(
                 f"pretrained weights file {path} {'is a folder' if path.is_dir() else 'does not exist'};"
-                " give an existing .pth/.safetensors"
-                " file or set search.pretrained: false"
+                " give an existing .pth/.safetensors file or set search.pretrained: false"
             )
-        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+        file = str(path)
+    elif pretrained:
+        file = cached_weights(backbone)
+    if file:
+        kwargs["pretrained_cfg_overlay"] = {"file": file}
     try:
         return timm.create_model(backbone, pretrained=bool(pretrained), **kwargs)
     except Exception as e:  # a damaged or foreign file raises many types (safetensors, pickle, keys)
         if not pretrained:
             raise
-        if isinstance(pretrained, str):
+        if file:
             reason = (str(e).strip().splitlines() or [""])[0][:200]
+            fix = ("give that backbone's own .pth/.safetensors weights" if isinstance(pretrained, str)
+                   else "delete it from the HF cache to download it again")
             raise ConfigError(
-                f"pretrained weights file {pretrained} does not load into {backbone!r}"
-                f" ({type(e).__name__}: {reason}); give that backbone's own .pth/.safetensors weights"
-                " or set search.pretrained: false"
+                f"pretrained weights file {file} does not load into {backbone!r}"
+                f" ({type(e).__name__}: {reason}); {fix} or set search.pretrained: false"
             ) from e
         raise ConfigError(
             f"pretrained weights for {backbone!r} are not available offline ({type(e).__name__});"

@@ -108,6 +108,37 @@ def test_pretrained_from_a_local_file(tmp_path):
             create_model("test_resnet", str(tmp_path / name), num_classes=3)
 
 
+def test_pretrained_from_the_hf_cache_asks_no_network(tmp_path, monkeypatch):
+    """Weights already in the Hugging Face cache load from there: a trial on a machine without
+    internet does not wait for the Hub's retries."""
+    import huggingface_hub
+    import timm
+    import timm.models._hub
+    from safetensors.torch import save_file
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("asked the Hub")
+
+    monkeypatch.setattr(timm.models._hub, "hf_hub_download", no_network)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ConfigError, match="pretrained weights for 'test_resnet' are not available offline"):
+        create_model("test_resnet", True, num_classes=3)  # not cached yet: timm's download is tried
+
+    repo = tmp_path / "models--timm--test_resnet.r160_in1k"  # the cache's own layout
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    source = timm.create_model("test_resnet")
+    save_file(source.state_dict(), repo / "snapshots" / "abc123" / "model.safetensors")
+    model = create_model("test_resnet", True, num_classes=3)
+    assert torch.equal(model.conv1[0].weight, source.conv1[0].weight)
+    assert model.get_classifier().out_features == 3
+
+    (repo / "snapshots" / "abc123" / "model.safetensors").write_bytes(b"junk" * 64)
+    with pytest.raises(ConfigError, match="weights file .*model.safetensors does not load into 'test_resnet'.*HF cache"):
+        create_model("test_resnet", True, num_classes=3)
+
+
 def test_missing_weights_file_is_a_config_error(tmp_path):
     from hpo.errors import ConfigError
     from hpo.train.models import create_model
