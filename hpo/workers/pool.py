@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 SQLITE_MAX_WORKERS = 16
 MAX_RESTARTS = 5
 STOP_SECONDS = 30
+POLL_SECONDS = 1.0  # how often the pool looks at its workers and the study
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ class Pool:
                 while not all(p.done for p in self.processes):
                     self._supervise()
                     _quietly(display.poll)
-                    time.sleep(1.0)
+                    time.sleep(POLL_SECONDS)
                 _quietly(display.poll)
         except KeyboardInterrupt:
             self.stop()
