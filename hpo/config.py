@@ -27,7 +27,7 @@ from pydantic import (
 from hpo.data.formats import FORMATS
 from hpo.errors import ConfigError, HpoError
 from hpo.space import SearchSpace, check_params, parse_search
-from hpo.strategy import PRUNERS, SAMPLERS, max_report_steps
+from hpo.strategy import PRUNERS, SAMPLERS, check_folds_for_pruner, max_report_steps
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 NORMALIZATIONS = {
@@ -232,6 +232,7 @@ class StudySpec(_Model):
         PRUNERS.get(self.pruner.type, "pruner.type")
         self.build_sampler()
         self.build_pruner()
+        check_folds_for_pruner(self.pruner.type, self.pruner.args, self.cv.folds)
         return self
 
     @property

@@ -138,7 +138,8 @@ class Objective:
                 tracker.fold_ended(trial.number, folds[-1], cfg.patience)
             if per_fold:
                 trial.report(folds[-1].best_f1, fold)
-                self._prune_if_asked(trial, f"after fold {fold} (F1 {folds[-1].best_f1:.4f})")
+                if fold < self.spec.cv.folds - 1:  # after the last fold nothing is left to save
+                    self._prune_if_asked(trial, f"after fold {fold} (F1 {folds[-1].best_f1:.4f})")
 
     def _reporter(self, trial: optuna.Trial, max_epochs: int, per_fold: bool) -> Callable[[EpochResult], None]:
         """After every epoch: trackers, display, progress; and, unless the pruner judges whole

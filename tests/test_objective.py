@@ -64,14 +64,29 @@ def test_pruner_stops_a_bad_trial_at_once(image_root, tmp_path):
     assert bad.user_attrs["prune_reason"].startswith(f"percentile pruner at step {last} (fold 0")
 
 
-def test_wilcoxon_reports_one_value_per_fold(image_root, tmp_path):
-    spec = parse_spec(tiny_study(image_root, tmp_path, cv__folds=3, pruner={"type": "wilcoxon"}))
+@pytest.mark.parametrize(("startup", "bad_state"), [(2, TrialState.PRUNED), (3, TrialState.COMPLETE)])
+def test_wilcoxon_judges_folds_and_never_prunes_after_the_last(image_root, tmp_path, startup, bad_state):
+    pruner = {"type": "wilcoxon", "p_threshold": 0.3, "n_startup_steps": startup}
+    spec = parse_spec(tiny_study(image_root, tmp_path, cv__folds=3, pruner=pruner,
+                                 search__lr={"low": 1e-12, "high": 1e-2, "log": True}))
     study = study_for(spec)
-    study.optimize(objective_for(spec), n_trials=1)
-    trial = study.trials[0]
-    assert trial.intermediate_values == {
-        i: pytest.approx(f, abs=1e-5) for i, f in enumerate(trial.user_attrs["fold_f1"])
-    }
+    study.enqueue_trial({"lr": 1e-2, "loss": "cross_entropy"})  # a good reference
+    study.enqueue_trial({"lr": 1e-12, "loss": "cross_entropy"})  # learns nothing
+    study.optimize(objective_for(spec), n_trials=2)
+    good, bad = study.trials
+    assert good.state == TrialState.COMPLETE
+    for trial in (good, bad):  # one report per fold: its best F1
+        assert trial.intermediate_values == {
+            i: pytest.approx(f, abs=1e-5) for i, f in enumerate(trial.user_attrs["fold_f1"])
+        }
+    # Two folds all worse than the reference give p = 1/4 < 0.3: pruned before its third fold;
+    # allowed to judge only from the third (last) fold on, it completes with its value.
+    assert bad.state == bad_state
+    if bad_state == TrialState.PRUNED:
+        assert sorted(bad.intermediate_values) == [0, 1]
+        assert bad.user_attrs["prune_reason"].startswith("wilcoxon pruner after fold 1 (F1 ")
+    else:
+        assert len(bad.intermediate_values) == 3 and bad.value < good.value
 
 
 def test_diverging_trial_is_pruned_with_its_reason(image_root, tmp_path, monkeypatch):
