@@ -22,7 +22,7 @@ from hpo.errors import ConfigError, TrainingDiverged
 from hpo.train.config import TrainConfig
 from hpo.train.losses import build_criterion
 from hpo.train.models import build_freeze, create_model, to_device
-from hpo.train.optim import build_optimizer, build_schedule, current_lr
+from hpo.train.optim import Schedule, build_optimizer, build_schedule, current_lr
 
 
 @dataclass(frozen=True)
@@ -200,6 +200,73 @@ def predict_logits(
     return torch.cat(outputs)
 
 
+@dataclass
+class _Epochs:
+    """What a fold's training epochs use, built once per fold."""
+
+    model: nn.Module
+    forward: nn.Module  # the model, compiled when asked
+    loader: torch.utils.data.DataLoader
+    stepper: Stepper
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    mixer: Mixer
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    mean: torch.Tensor
+    std: torch.Tensor
+    device: torch.device
+
+    def train(self) -> tuple[float, float]:
+        """One pass over the loader: mean training loss and images/second, with one host sync."""
+        loss_sum = torch.zeros((), device=self.device)
+        seen, started = 0, time.perf_counter()
+        for batch, (images, labels) in enumerate(self.loader):
+            x = to_input(images, self.device, self.mean, self.std)
+            y = labels.to(self.device, non_blocking=True)
+            x, y_mixed, lam = self.mixer(x, y)
+            with self.autocast():
+                logits = self.forward(x)
+                loss = self.criterion(logits, y)
+                if lam != 1.0:
+                    loss = lam * loss + (1 - lam) * self.criterion(logits, y_mixed)
+            self.stepper.backward(loss, batch)
+            loss_sum += loss.detach() * len(y)
+            seen += len(y)
+        return float(loss_sum) / max(seen, 1), seen / (time.perf_counter() - started)
+
+    def close(self) -> None:
+        """Let go of the loader's worker processes now, not when a traceback that references
+        this object (a pruned or failed fold) is collected."""
+        del self.loader
+
+    def evaluate(self, data: FoldData, batch_size: int) -> tuple[np.ndarray, float]:
+        """Predicted classes of the validation side, and the validation loss."""
+        logits = predict_logits(self.forward, data.images, data.val_idx, max(256, 2 * batch_size), self.device,
+                                self.mean, self.std, self.autocast)
+        val_loss = float(nn.functional.cross_entropy(logits, torch.as_tensor(data.val_labels, device=self.device)))
+        return logits.argmax(1).cpu().numpy(), val_loss
+
+
+def _epochs(cfg: TrainConfig, data: FoldData, device: torch.device, seed: int) -> tuple[_Epochs, Schedule]:
+    """The fold's model, loader, optimizer with its schedule, loss and mixing; and the schedule."""
+    model = to_device(create_model(cfg.backbone, cfg.pretrained, data.num_classes, cfg.head, data.factors), device)
+    optimizer = build_optimizer(cfg.optimizer.name, cfg.optimizer.args, model, cfg.lr, cfg.weight_decay)
+    loader = train_loader(data.images, data.fit_labels, data.train_idx, build_pipeline(cfg.augment, cfg.image_size, seed),
+                          cfg.batch_size, seed, device, cfg.sampling)
+    autocast, scaler = autocast_for(device)
+    stepper = Stepper(optimizer, scaler, cfg.accumulate, len(loader))
+    schedule = build_schedule(cfg.scheduler.name, cfg.scheduler.args, optimizer, stepper.steps_per_epoch,
+                              cfg.max_epochs)
+    stepper.on_step = schedule.after_batch
+    counts = np.bincount(data.fit_labels[data.train_idx], minlength=data.num_classes)
+    criterion = build_criterion(cfg.loss.name, cfg.loss.args, cfg.class_weights, counts, device,
+                                data.factors, cfg.head)
+    mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
+    epochs = _Epochs(model, compiled(model, cfg.compile), loader, stepper, criterion,
+                     Mixer(cfg.mixup, cfg.cutmix, seed), autocast, mean, std, device)
+    return epochs, schedule
+
+
 def fit_fold(
     cfg: TrainConfig,
     data: FoldData,
@@ -218,104 +285,55 @@ def fit_fold(
     """
     seed = cfg.seed + fold
     seed_everything(seed)
-    model = to_device(create_model(cfg.backbone, cfg.pretrained, data.num_classes, cfg.head, data.factors), device)
+    epochs, schedule = _epochs(cfg, data, device, seed)
     freeze = build_freeze(cfg.freeze.name, cfg.freeze.args)
-    optimizer = build_optimizer(cfg.optimizer.name, cfg.optimizer.args, model, cfg.lr, cfg.weight_decay)
-    loader = train_loader(
-        data.images,
-        data.fit_labels,
-        data.train_idx,
-        build_pipeline(cfg.augment, cfg.image_size, seed),
-        cfg.batch_size,
-        seed,
-        device,
-        cfg.sampling,
-    )
-    autocast, scaler = autocast_for(device)
-    stepper = Stepper(optimizer, scaler, cfg.accumulate, len(loader))
-    schedule = build_schedule(cfg.scheduler.name, cfg.scheduler.args, optimizer, stepper.steps_per_epoch,
-                              cfg.max_epochs)
-    stepper.on_step = schedule.after_batch
-    counts = np.bincount(data.fit_labels[data.train_idx], minlength=data.num_classes)
-    criterion = build_criterion(cfg.loss.name, cfg.loss.args, cfg.class_weights, counts, device,
-                                data.factors, cfg.head)
-    forward = compiled(model, cfg.compile)
-    mixer = Mixer(cfg.mixup, cfg.cutmix, seed)
-    mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
-    val_labels = data.val_labels
-    val_targets = torch.as_tensor(val_labels, device=device)
-
+    labels_all = list(range(data.num_classes))
     result = into if into is not None else FoldResult(fold)
-    result.val_labels = val_labels
+    result.val_labels = data.val_labels
     stale_epochs = 0
     try:
         for epoch in range(cfg.max_epochs):
-            model.train()
-            frozen = freeze.apply(model, epoch)
-            loss_sum = torch.zeros((), device=device)
-            seen, started = 0, time.perf_counter()
-            for batch, (images, labels) in enumerate(loader):
-                x = to_input(images, device, mean, std)
-                y = labels.to(device, non_blocking=True)
-                x, y_mixed, lam = mixer(x, y)
-                with autocast():
-                    logits = forward(x)
-                    loss = (
-                        criterion(logits, y)
-                        if lam == 1.0
-                        else (lam * criterion(logits, y) + (1 - lam) * criterion(logits, y_mixed))
-                    )
-                stepper.backward(loss, batch)
-                loss_sum += loss.detach() * len(y)
-                seen += len(y)
-            train_loss = float(loss_sum) / max(seen, 1)  # one host sync per epoch
-            throughput = seen / (time.perf_counter() - started)
+            epochs.model.train()
+            frozen = freeze.apply(epochs.model, epoch)
+            train_loss, throughput = epochs.train()
             if not np.isfinite(train_loss):
                 raise TrainingDiverged(f"training loss became {train_loss} in fold {fold} epoch {epoch}")
             if not len(data.val_idx):
                 result.history.append(EpochResult(fold, epoch, train_loss, float("nan"), float("nan"),
-                                                  float("nan"), current_lr(optimizer), throughput, frozen))
+                                                  float("nan"), current_lr(epochs.stepper.optimizer),
+                                                  throughput, frozen))
                 if on_epoch is not None:
                     on_epoch(result.history[-1])
                 schedule.after_epoch(None)
                 continue
 
-            logits = predict_logits(
-                forward, data.images, data.val_idx, max(256, 2 * cfg.batch_size), device, mean, std, autocast
-            )
-            val_loss = float(nn.functional.cross_entropy(logits, val_targets))
-            predicted = logits.argmax(1).cpu().numpy()
-            labels_all = list(range(data.num_classes))
-            macro_f1 = float(f1_score(val_labels, predicted, average="macro", labels=labels_all, zero_division=0))
-            accuracy = float(accuracy_score(val_labels, predicted))
-
+            predicted, val_loss = epochs.evaluate(data, cfg.batch_size)
+            macro_f1 = float(f1_score(data.val_labels, predicted, average="macro", labels=labels_all, zero_division=0))
+            accuracy = float(accuracy_score(data.val_labels, predicted))
             if macro_f1 > result.best_f1:
                 result.best_f1, result.best_epoch, result.best_accuracy = macro_f1, epoch, accuracy
                 result.per_class_f1 = f1_score(
-                    val_labels, predicted, average=None, labels=labels_all, zero_division=0
+                    data.val_labels, predicted, average=None, labels=labels_all, zero_division=0
                 ).tolist()
                 result.best_predictions = predicted
                 if keep_best_state:
-                    result.best_state = _cpu_state(model)
+                    result.best_state = _cpu_state(epochs.model)
                 stale_epochs = 0
             else:
                 stale_epochs += 1
-            epoch_result = EpochResult(fold, epoch, train_loss, val_loss, macro_f1, accuracy,
-                                       current_lr(optimizer), throughput, frozen, stale_epochs)
-            result.history.append(epoch_result)
+            result.history.append(EpochResult(fold, epoch, train_loss, val_loss, macro_f1, accuracy,
+                                              current_lr(epochs.stepper.optimizer), throughput, frozen,
+                                              stale_epochs))
             if on_epoch is not None:
-                on_epoch(epoch_result)  # may raise to stop the run (pruning)
+                on_epoch(result.history[-1])  # may raise to stop the run (pruning)
             if cfg.patience is not None and stale_epochs >= cfg.patience:
                 result.stopped_early = epoch
                 break
             schedule.after_epoch(macro_f1)
     finally:
-        # A pruned or failed fold lets go of its loader processes now, not when the traceback
-        # that references this frame is collected.
-        del loader
+        epochs.close()
     if not len(data.val_idx) and keep_best_state:
-        result.best_state, result.best_epoch = _cpu_state(model), cfg.max_epochs - 1
+        result.best_state, result.best_epoch = _cpu_state(epochs.model), cfg.max_epochs - 1
     return result
 
 
