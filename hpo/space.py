@@ -219,28 +219,37 @@ def parse_choice(key: str, raw: Any, registry: Registry) -> Choice:
     return Choice(parsed)
 
 
+def _parse_op(name: str, spec: Any) -> OpSpace:
+    """One augmentation op: ``true``/``false``, or {enabled, magnitude, p}, each a value or searched."""
+    OPS.get(name, "search.augment.ops")
+    spec = spec if isinstance(spec, Mapping) else {"enabled": spec}
+    if set(spec) - {"enabled", "magnitude", "p"}:
+        raise ConfigError(f"search.augment.ops.{name}: use enabled, magnitude and p only")
+
+    def arg(field: str, default: Any, ok: Callable[[Any], bool], expected: str) -> Param:
+        key = f"search.augment.ops.{name}.{field}"
+        return check(key, parse_param(key, spec.get(field, default)), ok, expected)
+
+    return OpSpace(enabled=arg("enabled", True, lambda v: isinstance(v, bool), "true or false"),
+                   magnitude=arg("magnitude", 0.5, _number(0, 1), "a number in [0, 1]"),
+                   p=arg("p", 0.5, _number(0, 1), "a probability"))
+
+
+def _parse_augment(augment: Any) -> tuple[Param, dict[str, OpSpace]]:
+    """``search.augment``: a preset and ops searched one by one."""
+    if not isinstance(augment, Mapping) or set(augment) - {"preset", "ops"}:
+        raise ConfigError("search.augment: expected {preset: .., ops: {<op>: {enabled, magnitude, p}}}")
+    preset = parse_param("search.augment.preset", augment.get("preset", "none"))
+    for name in candidates(preset):
+        check_preset(name, "search.augment.preset")
+    return preset, {name: _parse_op(name, spec) for name, spec in (augment.get("ops") or {}).items()}
+
+
 def parse_search(raw: Mapping[str, Any]) -> SearchSpace:
     """Validate the ``search`` section; every error names its key."""
-    known = {
-        "backbone",
-        "pretrained",
-        "freeze",
-        "optimizer",
-        "lr",
-        "weight_decay",
-        "scheduler",
-        "loss",
-        "class_weights",
-        "batch_size",
-        "image_size",
-        "augment",
-        "mixup",
-        "cutmix",
-        "head",
-        "sampling",
-        "labels",
-        "accumulate",
-    }
+    known = {"backbone", "pretrained", "freeze", "optimizer", "lr", "weight_decay", "scheduler", "loss",
+             "class_weights", "batch_size", "image_size", "augment", "mixup", "cutmix", "head", "sampling",
+             "labels", "accumulate"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"search: unknown key(s) {sorted(unknown)}; known: {', '.join(sorted(known))}")
@@ -261,34 +270,7 @@ def parse_search(raw: Mapping[str, Any]) -> SearchSpace:
         lambda v: isinstance(v, (bool, str)),
         "true, false or a weights file path",
     )
-    augment = raw.get("augment", {}) or {}
-    if not isinstance(augment, Mapping) or set(augment) - {"preset", "ops"}:
-        raise ConfigError("search.augment: expected {preset: .., ops: {<op>: {enabled, magnitude, p}}}")
-    preset = parse_param("search.augment.preset", augment.get("preset", "none"))
-    for name in candidates(preset):
-        check_preset(name, "search.augment.preset")
-    ops = {}
-    for name, spec in (augment.get("ops") or {}).items():
-        OPS.get(name, "search.augment.ops")
-        spec = spec if isinstance(spec, Mapping) else {"enabled": spec}
-        if set(spec) - {"enabled", "magnitude", "p"}:
-            raise ConfigError(f"search.augment.ops.{name}: use enabled, magnitude and p only")
-        key = f"search.augment.ops.{name}"
-        ops[name] = OpSpace(
-            enabled=check(
-                f"{key}.enabled",
-                parse_param(f"{key}.enabled", spec.get("enabled", True)),
-                lambda v: isinstance(v, bool),
-                "true or false",
-            ),
-            magnitude=check(
-                f"{key}.magnitude",
-                parse_param(f"{key}.magnitude", spec.get("magnitude", 0.5)),
-                _number(0, 1),
-                "a number in [0, 1]",
-            ),
-            p=check(f"{key}.p", parse_param(f"{key}.p", spec.get("p", 0.5)), _number(0, 1), "a probability"),
-        )
+    preset, ops = _parse_augment(raw.get("augment", {}) or {})
     image_size = None
     if "image_size" in raw:
         image_size = check(
