@@ -129,6 +129,47 @@ def _is_corrupt(path: Path) -> str | None:
         return f"{type(e).__name__}: {e}"
 
 
+def _read_person(images: Path, row: dict[str, str], skipped: Counter[str]) -> Person | None:
+    """A train.csv row and the photos in its folder; what is left out is counted in ``skipped``."""
+    folder = images / row["path"]
+    if not folder.is_dir():
+        skipped["person folder missing"] += 1
+        return None
+    photos: dict[str, Path] = {}
+    for file in sorted(folder.iterdir()):
+        if file.name.startswith("."):
+            skipped["hidden file (._* and the like)"] += 1
+        elif file.suffix.lower() not in IMAGE_EXTENSIONS:
+            skipped["not an image"] += 1
+        elif file.stem not in PHOTOS:
+            skipped["unknown photo name"] += 1
+        else:
+            photos[file.stem] = file
+    skipped["photo missing"] += len(PHOTOS) - len(photos)
+    gender = row["gender"].strip().lower()
+    if gender not in GENDERS:
+        raise DataError(f"train.csv: person {row['id']}: gender {row['gender']!r}; expected male or female")
+    return Person(row["id"], GENDERS[gender], int(row["age"]), row["path"], photos)
+
+
+def _count_unlisted(images: Path, listed: set[str], skipped: Counter[str]) -> None:
+    for entry in images.iterdir() if images.is_dir() else []:
+        if entry.name.startswith("."):
+            skipped["hidden file (._* and the like)"] += 1
+        elif entry.name not in listed:
+            skipped["not in train.csv"] += 1
+
+
+def _corrupt_files(files: list[Path], base: Path, corrupt: str) -> set[Path]:
+    """The files that do not open; with ``corrupt: fail``, the first of them is an error."""
+    broken = [(file, why) for file, why in zip(files, _find_corrupt(files, base), strict=True) if why]
+    if broken and corrupt == "fail":
+        path, why = broken[0]
+        raise DataError(f"corrupt image {path} ({why}){f' and {len(broken) - 1} more' if len(broken) > 1 else ''};"
+                        " replace it, or set data.corrupt=skip to leave it out")
+    return {path for path, _ in broken}
+
+
 @FORMATS.register("mask")
 def mask(*, root: str | None = None, corrupt: str = "fail", relabel: str | list | None = None) -> ImageTable:
     """The competition archive under ``root`` (``root/train/train.csv``). ``corrupt``: fail (the
@@ -137,46 +178,19 @@ def mask(*, root: str | None = None, corrupt: str = "fail", relabel: str | list 
         raise ConfigError(f"data.corrupt: {corrupt!r}; use fail or skip")
     base = _existing_dir(root) / "train"
     skipped: Counter[str] = Counter()
-    people: dict[str, Person] = {}
+    people = {}
     for row in _read_people(base / "train.csv"):
-        folder = base / "images" / row["path"]
-        if not folder.is_dir():
-            skipped["person folder missing"] += 1
-            continue
-        photos: dict[str, Path] = {}
-        for file in sorted(folder.iterdir()):
-            if file.name.startswith("."):
-                skipped["hidden file (._* and the like)"] += 1
-            elif file.suffix.lower() not in IMAGE_EXTENSIONS:
-                skipped["not an image"] += 1
-            elif file.stem not in PHOTOS:
-                skipped["unknown photo name"] += 1
-            else:
-                photos[file.stem] = file
-        skipped["photo missing"] += len(PHOTOS) - len(photos)
-        gender = row["gender"].strip().lower()
-        if gender not in GENDERS:
-            raise DataError(f"train.csv: person {row['id']}: gender {row['gender']!r}; expected male or female")
-        people[row["id"]] = Person(row["id"], GENDERS[gender], int(row["age"]), row["path"], photos)
-    listed = {row_path.folder for row_path in people.values()}
-    for entry in (base / "images").iterdir() if (base / "images").is_dir() else []:
-        if entry.name.startswith("."):
-            skipped["hidden file (._* and the like)"] += 1
-        elif entry.name not in listed:
-            skipped["not in train.csv"] += 1
+        person = _read_person(base / "images", row, skipped)
+        if person is not None:
+            people[person.id] = person
+    _count_unlisted(base / "images", {p.folder for p in people.values()}, skipped)
     if not people:
         raise DataError(f"data.root: no person folders under {base / 'images'}; expected train/images/<path>/")
     _apply_relabel(people, _load_relabel(relabel))
 
     samples = [(p, stem, file) for p in people.values() for stem, file in sorted(p.photos.items()) if file]
-    problems = _find_corrupt([file for _, _, file in samples], base)
-    broken = [(s[2], why) for s, why in zip(samples, problems, strict=True) if why]
-    if broken and corrupt == "fail":
-        path, why = broken[0]
-        raise DataError(f"corrupt image {path} ({why}){f' and {len(broken) - 1} more' if len(broken) > 1 else ''};"
-                        " replace it, or set data.corrupt=skip to leave it out")
-    skipped["corrupt"] += len(broken)
-    bad = {path for path, _ in broken}
+    bad = _corrupt_files([file for _, _, file in samples], base, corrupt)
+    skipped["corrupt"] += len(bad)
     samples = [s for s in samples if s[2] not in bad]
 
     masks = np.array([PHOTOS[stem] for _, stem, _ in samples])
