@@ -104,6 +104,19 @@ class DataSpec(BaseModel):
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
+    @field_validator("normalization", mode="before")
+    @classmethod
+    def _normalization(cls, value: Any) -> Any:
+        if isinstance(value, str) and value in NORMALIZATIONS:
+            return value
+        if isinstance(value, dict) and set(value) == {"mean", "std"} and all(
+            isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+            for v in value.values()
+        ) and min(value["std"]) > 0:
+            return value
+        raise ValueError(f"{value!r}: use {', '.join(NORMALIZATIONS)} or {{mean: [r, g, b], std: [r, g, b]}}"
+                         " with numbers, std > 0")
+
     def _stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         if isinstance(self.normalization, str):
             return NORMALIZATIONS[self.normalization]
@@ -121,14 +134,6 @@ class DataSpec(BaseModel):
     def _check(self) -> DataSpec:
         if self.crop is not None and min(self.crop) < 1:
             raise ValueError("crop: give [height, width] in pixels, both positive")
-        if isinstance(self.normalization, str) and self.normalization not in NORMALIZATIONS:
-            raise ValueError(
-                f"normalization {self.normalization!r} unknown; use {', '.join(NORMALIZATIONS)} or {{mean: [r, g, b], std: [r, g, b]}}"
-            )
-        if isinstance(self.normalization, dict):
-            mean, std = self.normalization.get("mean"), self.normalization.get("std")
-            if set(self.normalization) != {"mean", "std"} or len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-                raise ValueError("normalization needs mean: [r, g, b] and std: [r, g, b] with std > 0")
         FORMATS.get(self.format, "data.format")
         known = FORMATS.arguments(self.format)
         unknown = set(self.options) - set(known)

@@ -70,10 +70,22 @@ def spec_error(image_root: Path, tmp_path: Path, **changes) -> str:
         ({"search__accumulate": 0}, "search.accumulate: 0 is not an integer in [1, 1024]"),
         ({"train__compile": "fastest"}, "train.compile: 'fastest' is not a torch.compile mode; use true, false or one of"),
         ({"tracking__wandb": "proj"}, "tracking.wandb: unknown key; use one of: tensorboard"),
+        *[({"data__normalization": bad}, "data.normalization: ") for bad in (
+            "imagenet21k", {"mean": [0.5, 0.5]}, {"mean": "a", "std": [1, 1, 1]},
+            {"mean": [0.5] * 3, "std": [0, 1, 1]}, {"mean": [0.5] * 3, "std": ["x", 1, 1]})],
     ],
 )
 def test_invalid_study_is_one_clear_error(image_root, tmp_path, changes, expected):
     assert expected in spec_error(image_root, tmp_path, **changes)
+
+
+def test_normalization_by_name_or_numbers(image_root, tmp_path):
+    spec = parse_spec(tiny_study(image_root, tmp_path, data__normalization={"mean": [0.1, 0.2, 0.3], "std": [1, 2, 3]}))
+    assert (spec.data.mean, spec.data.std) == ((0.1, 0.2, 0.3), (1.0, 2.0, 3.0))
+    spec = parse_spec(tiny_study(image_root, tmp_path, data__normalization="imagenet"))
+    assert spec.data.mean == pytest.approx((0.485, 0.456, 0.406))
+    message = spec_error(image_root, tmp_path, data__normalization={"mean": [0.5] * 3, "std": [0, 1, 1]})
+    assert message.endswith("use imagenet, half or {mean: [r, g, b], std: [r, g, b]} with numbers, std > 0")
 
 
 def test_valid_study_is_typed_and_frozen(image_root, tmp_path):
