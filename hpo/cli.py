@@ -95,11 +95,13 @@ def run(
 ) -> None:
     """Run (or resume) a study until its total trial budget is reached."""
     from hpo.config import find_study_file, load_spec
+    from hpo.env import limit_threads
     from hpo.progress import summary_table
     from hpo.run import run_study
     from hpo.workers.loop import raise_on_sigterm
 
     raise_on_sigterm()
+    limit_threads()
     overrides = _overrides(set_, tensorboard)
     spec = load_spec(study, overrides)
     gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
@@ -123,8 +125,7 @@ def worker(
 ) -> None:
     """Join a study as one worker (from this or any machine) and run trials until its budget
     is reached. Without the study file here, the spec stored with the study is used."""
-    import torch
-
+    from hpo.env import limit_threads
     from hpo.objective import pick_device
     from hpo.progress import trial_line
     from hpo.study import connect
@@ -133,10 +134,7 @@ def worker(
 
     raise_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from hpo.env import env_int
-
-    if threads := env_int("HPO_THREADS", 1):
-        torch.set_num_threads(threads)
+    limit_threads()
     spec = _spec(study, _overrides(set_, tensorboard), storage)
     handle = connect(spec, storage)
     # Workers start with the same sampler seed; without a reseed they would propose the same

@@ -19,3 +19,12 @@ def env_int(name: str, minimum: int) -> int | None:
     if number < minimum:
         raise ConfigError(f"{name}={value!r}: expected a whole number >= {minimum}; fix it or unset it")
     return number
+
+
+def limit_threads() -> None:
+    """``HPO_THREADS`` caps this process's torch CPU threads: `hpo run --workers N` sets it per
+    worker; set it by hand where other jobs share the cores."""
+    if threads := env_int("HPO_THREADS", 1):
+        import torch
+
+        torch.set_num_threads(threads)
