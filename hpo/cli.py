@@ -161,7 +161,8 @@ def status(study: StudyOpt, storage: StorageOpt = None, set_: SetOpt = None) -> 
 @user_errors
 def enqueue(
     study: StudyOpt,
-    params: Annotated[Path, typer.Argument(help="YAML: a mapping of parameter: value, or a list of them")],
+    params: Annotated[Path, typer.Argument(help="YAML: a mapping of parameter: value, or a list of them",
+                                            metavar="PARAMS")],
     storage: StorageOpt = None,
     set_: SetOpt = None,
 ) -> None:

@@ -189,7 +189,8 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 def _describe(slots: list[Slot]) -> str:
     if slots[0].gpu is None:
-        return f"CPU, {slots[0].threads} threads each"
+        threads = slots[0].threads
+        return f"CPU, {threads} thread{'s' if threads > 1 else ''} each"
     return "GPUs " + ",".join(s.gpu or "" for s in slots)
 
 
