@@ -24,7 +24,7 @@ from PIL import Image
 
 from hpo.data.cache import available_cpus, remembered
 from hpo.data.formats import FORMATS, IMAGE_EXTENSIONS, _existing_dir, read_rgb
-from hpo.data.table import ImageTable
+from hpo.data.table import CORRUPT, ImageTable
 from hpo.errors import ConfigError, DataError
 
 PHOTOS = {"mask1": 0, "mask2": 0, "mask3": 0, "mask4": 0, "mask5": 0, "incorrect_mask": 1, "normal": 2}
@@ -160,14 +160,14 @@ def _count_unlisted(images: Path, listed: set[str], skipped: Counter[str]) -> No
             skipped["not in train.csv"] += 1
 
 
-def _corrupt_files(files: list[Path], base: Path, corrupt: str) -> set[Path]:
-    """The files that do not open; with ``corrupt: fail``, the first of them is an error."""
-    broken = [(file, why) for file, why in zip(files, _find_corrupt(files, base), strict=True) if why]
+def _corrupt_files(files: list[Path], base: Path, corrupt: str) -> dict[Path, str]:
+    """The files that do not open, and why; with ``corrupt: fail``, the first is an error."""
+    broken = {file: why for file, why in zip(files, _find_corrupt(files, base), strict=True) if why}
     if broken and corrupt == "fail":
-        path, why = broken[0]
+        path, why = next(iter(broken.items()))
         raise DataError(f"corrupt image {path} ({why}){f' and {len(broken) - 1} more' if len(broken) > 1 else ''};"
                         " replace it, or set data.corrupt=skip to leave it out")
-    return {path for path, _ in broken}
+    return broken
 
 
 @FORMATS.register("mask")
@@ -190,7 +190,7 @@ def mask(*, root: str | None = None, corrupt: str = "fail", relabel: str | list 
 
     samples = [(p, stem, file) for p in people.values() for stem, file in sorted(p.photos.items()) if file]
     bad = _corrupt_files([file for _, _, file in samples], base, corrupt)
-    skipped["corrupt"] += len(bad)
+    skipped[CORRUPT] += len(bad)
     samples = [s for s in samples if s[2] not in bad]
 
     masks = np.array([PHOTOS[stem] for _, stem, _ in samples])
@@ -216,6 +216,7 @@ def mask(*, root: str | None = None, corrupt: str = "fail", relabel: str | list 
         factors=FACTORS,
         relabel_for_training=training_labels,
         skipped={k: v for k, v in skipped.items() if v},
+        corrupt=tuple((str(file), why) for file, why in bad.items()),
         files=paths,
         meta={"age": ages},
     )

@@ -14,6 +14,9 @@ import numpy as np
 from hpo.errors import ConfigError, DataError
 
 
+CORRUPT = "corrupt"  # the skipped-files reason of files that do not open
+
+
 @dataclass(eq=False)
 class ImageTable:
     """Samples of one data set.
@@ -35,6 +38,9 @@ class ImageTable:
     # Training-time labels under options such as the mask format's age_boundary; None: no options.
     relabel_for_training: Callable[..., np.ndarray] | None = None
     skipped: dict[str, int] = field(default_factory=dict)  # files left out, by reason
+    # Files left out because they do not open (``data.corrupt: skip``): (file, why), also
+    # counted in ``skipped`` under CORRUPT.
+    corrupt: tuple[tuple[str, str], ...] = ()
     # The image files, for formats that read files: their modification times key the decoded
     # cache (a file rewritten in place is decoded again) and ``hpo data describe`` names types.
     files: Sequence[Path] | None = None

@@ -15,7 +15,7 @@ import io
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +26,9 @@ from rich.table import Table
 
 from hpo.data.cache import available_cpus, image_progress
 from hpo.data.folds import make_fold_plan
-from hpo.data.formats import load_table
+from hpo.data.formats import FORMATS, load_table
 from hpo.data.mask import OLD_FROM, YOUNG_BELOW
-from hpo.data.table import ImageTable
+from hpo.data.table import CORRUPT, ImageTable
 from hpo.files import write_whole
 from hpo.space import candidates
 from hpo.train.losses import CLASS_WEIGHTS
@@ -114,8 +114,11 @@ class DataDescription:
 
 
 def describe_table(spec: StudySpec, table: ImageTable, progress: bool = False) -> DataDescription:
-    """Everything the page shows, from one pass over the images."""
+    """Everything the page shows, from one pass over the images. Files the format left out as
+    corrupt are listed by name with the unreadable ones, not counted again as skipped."""
     plan = make_fold_plan(table, spec.cv.folds, spec.cv.seed)  # first: a bad cv fails before the pass
+    pixels = scan_pixels(table, progress)
+    pixels = replace(pixels, unreadable=[*(Unreadable(name, why) for name, why in table.corrupt), *pixels.unreadable])
     counts = table.class_counts()
     ages = table.meta.get("age")
     searched = spec.search.labels.get("age_boundary")
@@ -128,8 +131,8 @@ def describe_table(spec: StudySpec, table: ImageTable, progress: bool = False) -
         class_weights=class_weights(counts),
         factors=factor_counts(table),
         file_types=file_types(table),
-        skipped=dict(table.skipped),
-        pixels=scan_pixels(table, progress),
+        skipped={why: n for why, n in table.skipped.items() if not (why == CORRUPT and table.corrupt)},
+        pixels=pixels,
         folds=fold_split(table, plan),
         ages=ages,
         age_boundaries=(YOUNG_BELOW, OLD_FROM) if ages is not None else (),
@@ -258,8 +261,13 @@ def _pixel_stats(sums: np.ndarray, squares: np.ndarray, pixels: np.ndarray, size
 
 
 def describe_data(spec: StudySpec, output: Path, progress: bool) -> DataDescription:
-    """Load the study's data, describe it and write the page to ``output`` (atomically)."""
-    description = describe_table(spec, load_table(spec.data.format, spec.data.options), progress)
+    """Load the study's data, describe it and write the page to ``output`` (atomically). A
+    format that can stop at corrupt files (``data.corrupt: fail``) skips them here, so the page
+    lists them all."""
+    options = dict(spec.data.options)
+    if "corrupt" in FORMATS.arguments(spec.data.format):
+        options["corrupt"] = "skip"
+    description = describe_table(spec, load_table(spec.data.format, options), progress)
     write_whole(output, render_html(description))
     return description
 

@@ -143,7 +143,8 @@ def test_digits_page_shows_folds_and_sample_images(digits_page):
 
 
 def test_mask_page_breaks_labels_into_factors_and_ages(mask_archive, tmp_path):
-    spec = parse_spec(tiny_mask_study(mask_archive.root, tmp_path))
+    # corrupt: fail would stop hpo run at the corrupt photo; the page lists it instead.
+    spec = parse_spec(tiny_mask_study(mask_archive.root, tmp_path, data___mask={"corrupt": "fail"}))
     description = describe_data(spec, tmp_path / "eda.html", progress=False)
     page = (tmp_path / "eda.html").read_text()
     images = mask_archive.root / "train" / "images"
@@ -163,11 +164,14 @@ def test_mask_page_breaks_labels_into_factors_and_ages(mask_archive, tmp_path):
     assert "age classes start at 30, 60 (solid lines); searched age_boundary values: 58, 60 (dashed)" in page
     assert 'alt="age histogram"' in page
     assert sorted(description.ages.tolist()) == sorted(mask_archive.ages[name[:6]] for name in kept)
-    assert column(page, "skipped")["corrupt"] == "1"
+    [photo] = mask_archive.corrupt
+    assert list(column(page, "unreadable")) == [str(photo)]
+    assert column(page, "unreadable")[str(photo)].startswith("OSError")
+    assert column(page, "summary")["unreadable files"] == "1" and "corrupt" not in column(page, "skipped")
     assert column(page, "skipped")["hidden file (._* and the like)"] == str(mask_archive.junk)
     assert column(page, "file-types") == {k: str(n) for k, n in Counter(Path(n).suffix for n in kept).items()}
     assert column(page, "sizes") == {"64 x 48": str(len(kept))}
-    assert_fold_table(page, load_table("mask", spec.data.options), folds=3, seed=0)
+    assert_fold_table(page, load_table("mask", {**spec.data.options, "corrupt": "skip"}), folds=3, seed=0)
     assert page.count(SAMPLE) == sum(min(6, n) for n in counts)
     assert_self_contained(page)
 
