@@ -153,13 +153,23 @@ def sqlite_file(url: str) -> Path | None:
 
 def _prepare_sqlite(path: Path) -> None:
     """WAL mode (persistent in the file), set before any pool holds the file: readers such as
-    the dashboard then work beside writers."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(sqlite3.connect(path, timeout=60)) as connection:
-            connection.execute("PRAGMA journal_mode=WAL")
-    except (OSError, sqlite3.Error) as e:
-        raise StorageError(f"cannot open SQLite file {path}: {e}; check the path and its permissions") from None
+    the dashboard then work beside writers. Switching needs the file to itself, and SQLite
+    answers "locked" at once (not after its busy timeout) when another process starting at the
+    same moment holds it: that is waited out."""
+    deadline, delay = time.monotonic() + RETRY_SECONDS, 0.05
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with closing(sqlite3.connect(path, timeout=60)) as connection:
+                if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except (OSError, sqlite3.Error) as e:
+            locked = isinstance(e, sqlite3.OperationalError) and "locked" in str(e)
+            if not locked or time.monotonic() > deadline:
+                raise StorageError(f"cannot open SQLite file {path}: {e}; check the path and its permissions") from None
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 1.0)
 
 
 def _begin_immediate(engine: Any) -> None:

@@ -13,7 +13,6 @@ import numpy as np
 
 from hpo.errors import ConfigError, DataError
 
-
 CORRUPT = "corrupt"  # the skipped-files reason of files that do not open
 
 
