@@ -75,7 +75,7 @@ def _load_model(path: Path, device: torch.device) -> LoadedModel:
     except Exception as e:
         raise DataError(f"--model: cannot load {path} ({type(e).__name__}: {e}); train again with hpo train") from None
     check_config(cfg, str(path))
-    model = create_model(cfg.backbone, False, len(classes), cfg.head, factors)
+    model = create_model(cfg.backbone, False, len(classes), cfg.head, factors, cfg.image_size)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

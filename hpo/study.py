@@ -27,7 +27,7 @@ from hpo.space import Param, Range, candidates, check_params
 from hpo.storage import open_storage, open_study, resolve_url, study_lock
 from hpo.train.loop import compile_backend
 from hpo.train.losses import build_loss
-from hpo.train.models import build_freeze, check_head, check_input_size, create_model
+from hpo.train.models import build_freeze, check_head, check_input_size, create_model, takes_img_size
 from hpo.train.optim import build_optimizer, build_schedule
 
 # Trials that count towards the budget. A FAIL (a crash, or a worker that died) does not: it is
@@ -37,11 +37,14 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 def check_pretrained(spec: StudySpec) -> None:
     """Load every backbone's pretrained weights once before any trial: a machine without them
-    (offline, empty cache) fails here with one clear error, not in every trial."""
+    (offline, empty cache) fails here with one clear error, not in every trial. A backbone
+    built for the image size (ViT) loads them at the smallest and largest size searched."""
     wanted = [value for value in candidates(spec.search.pretrained) if value]
+    sizes = image_sizes(spec)
     for backbone in candidates(spec.search.backbone) if wanted else []:
         for pretrained in wanted:
-            create_model(backbone, pretrained, num_classes=2)
+            for size in sorted({sizes[0], sizes[-1]}) if takes_img_size(backbone) else [None]:
+                create_model(backbone, pretrained, num_classes=2, image_size=size)
 
 
 def _ends(param: Param) -> tuple[Any, Any]:
@@ -88,7 +91,7 @@ def check_components(spec: StudySpec) -> None:
 
 def check_input_sizes(spec: StudySpec) -> None:
     """Every backbone at the smallest and largest image size the study samples (and every size
-    between when there are few): a ViT sampled at 256 px fails here, not in each of its trials."""
+    between when there are few): a size a backbone cannot take fails here, not in its trials."""
     sizes = image_sizes(spec)
     if len(sizes) > 8:
         sizes = [sizes[0], sizes[-1]]

@@ -248,7 +248,8 @@ class _Epochs:
 
 def _epochs(cfg: TrainConfig, data: FoldData, device: torch.device, seed: int) -> tuple[_Epochs, Schedule]:
     """The fold's model, loader, optimizer with its schedule, loss and mixing; and the schedule."""
-    model = to_device(create_model(cfg.backbone, cfg.pretrained, data.num_classes, cfg.head, data.factors), device)
+    model = to_device(create_model(cfg.backbone, cfg.pretrained, data.num_classes, cfg.head, data.factors,
+                                   cfg.image_size), device)
     optimizer = build_optimizer(cfg.optimizer.name, cfg.optimizer.args, model, cfg.lr, cfg.weight_decay)
     loader = train_loader(data.images, data.fit_labels, data.train_idx, build_pipeline(cfg.augment, cfg.image_size, seed),
                           cfg.batch_size, seed, device, cfg.sampling)

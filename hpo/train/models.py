@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import huggingface_hub
@@ -29,13 +30,13 @@ def check_backbone(name: str, key: str = "search.backbone") -> None:
 
 
 def check_input_size(backbone: str, size: int) -> None:
-    """Run the untrained backbone once on a ``size`` px image: some take only the size they were
-    built for (ViT, Swin) or need a minimum (ConvNeXt). Tried on the meta device (no memory, no
-    compute); a failure there is confirmed on the CPU, which has every kernel."""
+    """Run the untrained backbone, built for ``size`` as a trial builds it, once on a ``size`` px
+    image: some need a minimum (ConvNeXt), or sizes their patches and windows divide. Tried on
+    the meta device (no memory, no compute); a failure there is confirmed on the CPU."""
     for device in ("meta", "cpu"):
         try:
             with torch.device(device):
-                model = timm.create_model(backbone, pretrained=False, num_classes=2).eval()
+                model = timm_model(backbone, False, 2, size).eval()
             with torch.inference_mode():
                 model(torch.zeros(1, 3, size, size, device=device))
             return
@@ -54,12 +55,28 @@ def create_model(
     num_classes: int,
     head: str = "single",
     factors: tuple[tuple[str, int], ...] = (),
+    image_size: int | None = None,
 ) -> nn.Module:
     """A timm backbone with the ``head`` registry entry on top; pretrained from the timm/HF
     cache or a file. Raises ConfigError when pretrained weights are asked for but cannot be
     found offline, or the head needs label factors the data does not have.
     """
-    return HEADS.get(head, "search.head")(backbone, pretrained, num_classes, factors)
+    return HEADS.get(head, "search.head")(backbone, pretrained, num_classes, factors, image_size)
+
+
+@functools.cache
+def takes_img_size(backbone: str) -> bool:
+    """Whether the architecture is built for one input size and takes timm's ``img_size`` (ViT,
+    Swin, MaxViT...): it is then built for the size a trial samples, and timm resamples its
+    pretrained position embeddings. CNNs take any size and refuse the argument."""
+    cfg = timm.models.get_pretrained_cfg(backbone)
+    size = cfg.input_size[-1] if cfg is not None and cfg.input_size else 224
+    try:
+        with torch.device("meta"):
+            timm.create_model(backbone, pretrained=False, img_size=size)
+    except TypeError as e:
+        return "img_size" not in str(e)
+    return True
 
 
 def cached_weights(backbone: str) -> str | None:
@@ -77,8 +94,10 @@ def cached_weights(backbone: str) -> str | None:
     return None
 
 
-def timm_model(backbone: str, pretrained: bool | str, num_classes: int) -> nn.Module:
+def timm_model(backbone: str, pretrained: bool | str, num_classes: int, image_size: int | None = None) -> nn.Module:
     kwargs: dict = {"num_classes": num_classes}
+    if image_size is not None and takes_img_size(backbone):
+        kwargs["img_size"] = image_size
     file = None
     if isinstance(pretrained, str):
         path = Path(pretrained).expanduser()
@@ -113,9 +132,10 @@ def timm_model(backbone: str, pretrained: bool | str, num_classes: int) -> nn.Mo
 
 
 @HEADS.register("single")
-def single_head(backbone: str, pretrained: bool | str, num_classes: int, factors: tuple) -> nn.Module:
+def single_head(backbone: str, pretrained: bool | str, num_classes: int, factors: tuple,
+                image_size: int | None) -> nn.Module:
     """timm's own classifier: one logit per class."""
-    return timm_model(backbone, pretrained, num_classes)
+    return timm_model(backbone, pretrained, num_classes, image_size)
 
 
 class FactorizedModel(nn.Module):
@@ -144,9 +164,10 @@ class FactorizedModel(nn.Module):
 
 
 @HEADS.register("factorized")
-def factorized_head(backbone: str, pretrained: bool | str, num_classes: int, factors: tuple) -> nn.Module:
+def factorized_head(backbone: str, pretrained: bool | str, num_classes: int, factors: tuple,
+                    image_size: int | None) -> nn.Module:
     check_head("factorized", factors, num_classes)
-    return FactorizedModel(timm_model(backbone, pretrained, 0), tuple(size for _, size in factors))
+    return FactorizedModel(timm_model(backbone, pretrained, 0, image_size), tuple(size for _, size in factors))
 
 
 def check_head(head: str, factors: tuple[tuple[str, int], ...], num_classes: int) -> None:

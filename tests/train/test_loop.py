@@ -86,6 +86,25 @@ def test_keep_best_state_holds_the_best_epochs_weights(data):
     assert f1 == pytest.approx(result.best_f1, abs=1e-6)
 
 
+def test_a_vit_is_built_for_the_trials_image_size(data, tmp_path):
+    """test_vit is built for 160 px; a trial at 16 px builds it for 16 px (timm's img_size) and
+    trains, and 160 px pretrained weights load with their position embedding resampled."""
+    import timm
+    from safetensors.torch import save_file
+
+    from hpo.train.models import takes_img_size
+
+    assert takes_img_size("test_vit") and not takes_img_size("test_resnet")
+    result = fit_fold(config(backbone="test_vit"), data, CPU)
+    assert len(result.history) == 1 and 0.0 <= result.best_f1 <= 1.0
+    source = timm.create_model("test_vit")
+    save_file(source.state_dict(), tmp_path / "vit.safetensors")
+    model = create_model("test_vit", str(tmp_path / "vit.safetensors"), num_classes=3, image_size=16)
+    assert model.pos_embed.shape[1] < source.pos_embed.shape[1]  # one patch (+ class token), not 100
+    assert torch.equal(model.patch_embed.proj.weight, source.patch_embed.proj.weight)
+    assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 3)
+
+
 def test_pretrained_from_a_local_file(tmp_path):
     import timm
     from safetensors.torch import save_file
