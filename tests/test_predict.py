@@ -127,3 +127,23 @@ def test_a_damaged_model_folder_is_one_clear_error(model_dir, tmp_path):
     (broken / first).write_bytes(b"junk" * 100)
     with pytest.raises(DataError, match=f"cannot load .*{first}"):
         load_models(broken, CPU)
+
+
+def test_a_vit_trained_at_the_studys_size_predicts(image_root, tmp_path):
+    """test_vit is built for 160 px; trained at the study's 16 px, predict must build it at 16 px
+    again for its weights (position embedding) to load."""
+    from hpo.config import parse_spec
+    from hpo.run import run_study
+    from tests.conftest import tiny_study
+
+    spec = parse_spec(tiny_study(image_root, tmp_path, search__backbone="test_vit", budget__n_trials=1,
+                                 budget__max_epochs=1))
+    url = f"sqlite:///{tmp_path / 'vit.db'}"
+    run_study(spec, url, live=False)
+    exported = export_study(optuna.load_study(study_name="tiny", storage=url))
+    out = train_final(exported, tmp_path / "model", "full", CPU).out
+    models, classes = load_models(out, CPU)
+    assert len(models) == 1 and models[0].model.pos_embed.shape[1] == 1 + 1  # class token + one 16 px patch
+    inputs = find_inputs(image_root)
+    probs = predict_probabilities(models, inputs.paths, CPU, batch_size=64)
+    assert probs.shape == (120, 3) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
