@@ -123,8 +123,9 @@ def worker(
     set_: SetOpt = None,
     tensorboard: TensorBoardOpt = None,
 ) -> None:
-    """Join a study as one worker (from this or any machine) and run trials until its budget
-    is reached. Without the study file here, the spec stored with the study is used."""
+    """Join a study as one worker (from any machine) and run trials until its budget is reached.
+
+    Without the study file here, the spec stored with the study is used."""
     from hpo.env import limit_threads
     from hpo.objective import pick_device
     from hpo.progress import trial_line
@@ -185,8 +186,9 @@ def dashboard(
     port: Annotated[int, typer.Option(help="Port", min=1, max=65535)] = 8080,
     set_: SetOpt = None,
 ) -> None:
-    """Serve optuna-dashboard on the study's storage, with its artifact store (per-trial confusion
-    matrices, per-class tables, learning curves)."""
+    """Serve optuna-dashboard on the study's storage, with its artifact store.
+
+    Each trial shows its confusion matrix, per-class table and learning curves."""
     import optuna_dashboard
 
     from hpo.review.artifacts import artifact_location, open_artifact_store
