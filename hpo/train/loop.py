@@ -214,6 +214,7 @@ class _Epochs:
     mean: torch.Tensor
     std: torch.Tensor
     device: torch.device
+    val_targets: torch.Tensor  # the validation labels, on the device once per fold
 
     def train(self) -> tuple[float, float]:
         """One pass over the loader: mean training loss and images/second, with one host sync."""
@@ -242,7 +243,7 @@ class _Epochs:
         """Predicted classes of the validation side, and the validation loss."""
         logits = predict_logits(self.forward, data.images, data.val_idx, max(256, 2 * batch_size), self.device,
                                 self.mean, self.std, self.autocast)
-        val_loss = float(nn.functional.cross_entropy(logits, torch.as_tensor(data.val_labels, device=self.device)))
+        val_loss = float(nn.functional.cross_entropy(logits, self.val_targets))
         return logits.argmax(1).cpu().numpy(), val_loss
 
 
@@ -264,7 +265,8 @@ def _epochs(cfg: TrainConfig, data: FoldData, device: torch.device, seed: int) -
     mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
     epochs = _Epochs(model, compiled(model, cfg.compile), loader, stepper, criterion,
-                     Mixer(cfg.mixup, cfg.cutmix, seed), autocast, mean, std, device)
+                     Mixer(cfg.mixup, cfg.cutmix, seed), autocast, mean, std, device,
+                     torch.as_tensor(data.val_labels, device=device))
     return epochs, schedule
 
 
@@ -289,8 +291,9 @@ def fit_fold(
     epochs, schedule = _epochs(cfg, data, device, seed)
     freeze = build_freeze(cfg.freeze.name, cfg.freeze.args)
     labels_all = list(range(data.num_classes))
+    val_labels = data.val_labels  # a gather from the whole set: once per fold, not per epoch
     result = into if into is not None else FoldResult(fold)
-    result.val_labels = data.val_labels
+    result.val_labels = val_labels
     stale_epochs = 0
     try:
         for epoch in range(cfg.max_epochs):
@@ -309,12 +312,12 @@ def fit_fold(
                 continue
 
             predicted, val_loss = epochs.evaluate(data, cfg.batch_size)
-            macro_f1 = float(f1_score(data.val_labels, predicted, average="macro", labels=labels_all, zero_division=0))
-            accuracy = float(accuracy_score(data.val_labels, predicted))
+            macro_f1 = float(f1_score(val_labels, predicted, average="macro", labels=labels_all, zero_division=0))
+            accuracy = float(accuracy_score(val_labels, predicted))
             if macro_f1 > result.best_f1:
                 result.best_f1, result.best_epoch, result.best_accuracy = macro_f1, epoch, accuracy
                 result.per_class_f1 = f1_score(
-                    data.val_labels, predicted, average=None, labels=labels_all, zero_division=0
+                    val_labels, predicted, average=None, labels=labels_all, zero_division=0
                 ).tolist()
                 result.best_predictions = predicted
                 if keep_best_state:
