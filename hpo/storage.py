@@ -105,8 +105,10 @@ def is_transient(error: BaseException) -> bool:
 
 
 def retrying(call: Callable[..., Any], name: str, seconds: float = RETRY_SECONDS,
-             retry_if: Callable[[BaseException], bool] | None = None) -> Callable[..., Any]:
-    """``call`` retried with backoff for ``seconds`` while its error is transient (or ``retry_if``)."""
+             retry_if: Callable[[BaseException], bool] | None = None,
+             errors: tuple[type[BaseException], ...] = (StorageInternalError, SQLAlchemyError)) -> Callable[..., Any]:
+    """``call`` retried with backoff for ``seconds`` while its error (one of ``errors``) is
+    transient (or ``retry_if``)."""
     retry_if = retry_if or is_transient
 
     @functools.wraps(call)
@@ -115,7 +117,7 @@ def retrying(call: Callable[..., Any], name: str, seconds: float = RETRY_SECONDS
         while True:
             try:
                 return call(*args, **kwargs)
-            except (StorageInternalError, SQLAlchemyError) as e:
+            except errors as e:
                 if not retry_if(_unwrapped(e)) or time.monotonic() > deadline:
                     raise
                 # One warning per outage, not one per attempt.
@@ -156,20 +158,17 @@ def _prepare_sqlite(path: Path) -> None:
     the dashboard then work beside writers. Switching needs the file to itself, and SQLite
     answers "locked" at once (not after its busy timeout) when another process starting at the
     same moment holds it: that is waited out."""
-    deadline, delay = time.monotonic() + RETRY_SECONDS, 0.05
-    while True:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with closing(sqlite3.connect(path, timeout=60)) as connection:
-                if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    connection.execute("PRAGMA journal_mode=WAL")
-            return
-        except (OSError, sqlite3.Error) as e:
-            locked = isinstance(e, sqlite3.OperationalError) and "locked" in str(e)
-            if not locked or time.monotonic() > deadline:
-                raise StorageError(f"cannot open SQLite file {path}: {e}; check the path and its permissions") from None
-            time.sleep(delay * (1 + random.random()))
-            delay = min(delay * 2, 1.0)
+
+    def switch_to_wal() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(sqlite3.connect(path, timeout=60)) as connection:
+            if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                connection.execute("PRAGMA journal_mode=WAL")
+
+    try:
+        retrying(switch_to_wal, "open", retry_if=lambda e: "locked" in str(e), errors=(sqlite3.OperationalError,))()
+    except (OSError, sqlite3.Error) as e:
+        raise StorageError(f"cannot open SQLite file {path}: {e}; check the path and its permissions") from None
 
 
 def _begin_immediate(engine: Any) -> None:
