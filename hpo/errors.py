@@ -25,3 +25,8 @@ class StorageError(HpoError):
 
 class TrainingDiverged(Exception):
     """The loss became NaN or infinite; the trial is pruned with this reason, not crashed."""
+
+
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """The first line of a library's error message (some span pages), for a one-line error."""
+    return (str(error).strip().splitlines() or [""])[0][:limit]

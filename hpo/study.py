@@ -20,7 +20,7 @@ from hpo.data.formats import load_table
 from hpo.data.prepare import image_sizes
 from hpo.data.table import ImageTable
 from hpo.env import env_int
-from hpo.errors import ConfigError
+from hpo.errors import ConfigError, first_line
 from hpo.review.artifacts import artifact_location, check_artifact_store
 from hpo.review.note import ensure_note
 from hpo.space import Param, Range, candidates, check_params
@@ -84,8 +84,7 @@ def check_components(spec: StudySpec) -> None:
                 except ConfigError:
                     raise
                 except Exception as e:
-                    reason = (str(e).strip().splitlines() or [""])[0]
-                    raise ConfigError(f"search.{key}: {name} refuses {values} ({type(e).__name__}: {reason});"
+                    raise ConfigError(f"search.{key}: {name} refuses {values} ({type(e).__name__}: {first_line(e)});"
                                       " narrow the range of its arguments") from None
 
 

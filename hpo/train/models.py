@@ -11,7 +11,7 @@ import timm
 import torch
 from torch import nn
 
-from hpo.errors import ConfigError
+from hpo.errors import ConfigError, first_line
 from hpo.registry import Registry
 
 FREEZE: Registry = Registry("freeze strategy")
@@ -42,7 +42,7 @@ def check_input_size(backbone: str, size: int) -> None:
             return
         except Exception as e:
             error = e
-    reason = (str(error).strip().splitlines() or [""])[0][:160]
+    reason = first_line(error, 160)
     raise ConfigError(
         f"search.backbone: {backbone} does not run on {size} px images ({type(error).__name__}: {reason});"
         " search image sizes it takes or drop that backbone"
@@ -117,7 +117,7 @@ def timm_model(backbone: str, pretrained: bool | str, num_classes: int, image_si
         if not pretrained:
             raise
         if file:
-            reason = (str(e).strip().splitlines() or [""])[0][:200]
+            reason = first_line(e, 200)
             fix = ("give that backbone's own .pth/.safetensors weights" if isinstance(pretrained, str)
                    else "delete it from the HF cache to download it again")
             raise ConfigError(
