@@ -178,7 +178,7 @@ def mask(*, root: str | None = None, corrupt: str = "fail", relabel: str | list 
         raise ConfigError(f"data.corrupt: {corrupt!r}; use fail or skip")
     base = _existing_dir(root) / "train"
     skipped: Counter[str] = Counter()
-    people = {}
+    people: dict[str, Person] = {}
     for row in _read_people(base / "train.csv"):
         person = _read_person(base / "images", row, skipped)
         if person is not None:
