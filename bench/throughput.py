@@ -37,7 +37,7 @@ from _common import recipe, tiled, write_photos  # noqa: E402
 from hpo.data import cache  # noqa: E402
 from hpo.data.augment import build_pipeline, preset_ops  # noqa: E402
 from hpo.data.formats import load_table  # noqa: E402
-from hpo.data.loader import loader_workers, to_input, train_loader  # noqa: E402
+from hpo.data.loader import loader_workers, on_device, train_loader  # noqa: E402
 from hpo.objective import pick_device  # noqa: E402
 from hpo.train.config import AugmentOp  # noqa: E402
 from hpo.train.loop import FoldData, Stepper, autocast_for, compiled, fit_fold  # noqa: E402
@@ -103,8 +103,7 @@ def loader_alone(args: argparse.Namespace, device: torch.device, images: np.ndar
                           cfg.batch_size, 0, device)
     for _ in range(2):  # the first epoch starts the workers
         seen, started = 0, time.perf_counter()
-        for x, y in loader:
-            to_input(x, device, mean, std)
+        for _, y in on_device(iter(loader), device, mean, std):
             seen += len(y)
         sync(device)
     del loader

@@ -6,9 +6,11 @@ import itertools
 import logging
 import os
 import weakref
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, WeightedRandomSampler
@@ -139,11 +141,16 @@ class SlottedBatches(Sampler):
 
 
 class RingLoader(DataLoader):
-    """A DataLoader whose workers hand batches over through a SlotBatch ring."""
+    """A DataLoader whose workers hand batches over through a SlotBatch ring.
+
+    ``iter()`` sets the workers on the epoch's batches at once (persistent workers, reset), not
+    at the first ``next()``: the training loop asks for the next epoch while it evaluates this
+    one, so the first batches are ready when training resumes.
+    """
 
     def __iter__(self):
-        for batch in super().__iter__():
-            yield batch.materialize() if isinstance(batch, SlotBatch) else batch
+        batches = super().__iter__()
+        return (batch.materialize() if isinstance(batch, SlotBatch) else batch for batch in batches)
 
 
 def _whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,9 +158,12 @@ def _whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor
     return batch
 
 
-def _seed_worker(worker_id: int) -> None:
+def _start_worker(worker_id: int) -> None:
     """Each DataLoader worker holds a copy of the pipeline: give each its own stream, derived
-    from the loader's seeded generator, so workers differ and runs repeat."""
+    from the loader's seeded generator, so workers differ and runs repeat. The workers are the
+    parallelism: OpenCV's own thread pool (one thread per core in each of up to 15 workers)
+    only fights them and the training process for the cores."""
+    cv2.setNumThreads(1)
     info = torch.utils.data.get_worker_info()
     if info is not None and info.dataset.pipeline is not None:
         info.dataset.pipeline.set_random_seed(info.seed % 2**32)
@@ -234,7 +244,7 @@ def train_loader(
         num_workers=workers,
         persistent_workers=True,
         prefetch_factor=prefetch,
-        worker_init_fn=_seed_worker,
+        worker_init_fn=_start_worker,
         pin_memory=device.type == "cuda",
     )
 
@@ -246,3 +256,37 @@ def to_input(
     x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
     x = x.sub_(mean).div_(std)
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x.contiguous()
+
+
+def on_device(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, mean: torch.Tensor, std: torch.Tensor
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(normalised images, labels) on the device. On CUDA one batch ahead, copied and normalised
+    on a side stream, so that the copy of the next batch overlaps the training step of this one
+    instead of waiting in line with its kernels."""
+    if device.type != "cuda":
+        for images, labels in batches:
+            yield to_input(images, device, mean, std), labels.to(device)
+        return
+    main, side = torch.cuda.current_stream(device), torch.cuda.Stream(device)
+    side.wait_stream(main)  # mean and std were made on the main stream
+    ahead = None
+    for images, labels in batches:
+        with torch.cuda.stream(side):
+            x, y = to_input(images, device, mean, std), labels.to(device, non_blocking=True)
+            copied = side.record_event()
+        if ahead is not None:
+            yield _hand_over(*ahead, main)
+        ahead = x, y, copied
+    if ahead is not None:
+        yield _hand_over(*ahead, main)
+
+
+def _hand_over(x: torch.Tensor, y: torch.Tensor, copied: torch.cuda.Event,
+               main: torch.cuda.Stream) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tensors made on the side stream, ready for the main one: it waits for their copy, and the
+    allocator keeps their memory until the main stream is done with them."""
+    main.wait_event(copied)
+    x.record_stream(main)
+    y.record_stream(main)
+    return x, y

@@ -7,7 +7,7 @@ import contextlib
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -17,7 +17,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
 from hpo.data.augment import build_pipeline
-from hpo.data.loader import to_input, train_loader
+from hpo.data.loader import on_device, to_input, train_loader
 from hpo.errors import ConfigError, TrainingDiverged
 from hpo.train.config import TrainConfig
 from hpo.train.losses import build_criterion
@@ -216,13 +216,19 @@ class _Epochs:
     device: torch.device
     val_targets: torch.Tensor  # the validation labels, on the device once per fold
 
+    next_epoch: Iterator | None = None  # the loader's next epoch, set going early (prepare_next)
+
+    def prepare_next(self) -> None:
+        """Set the loader's workers on the next epoch's first batches now (while this epoch is
+        evaluated), so that the next epoch does not begin by waiting for them."""
+        self.next_epoch = iter(self.loader)
+
     def train(self) -> tuple[float, float]:
         """One pass over the loader: mean training loss and images/second, with one host sync."""
         loss_sum = torch.zeros((), device=self.device)
         seen, started = 0, time.perf_counter()
-        for batch, (images, labels) in enumerate(self.loader):
-            x = to_input(images, self.device, self.mean, self.std)
-            y = labels.to(self.device, non_blocking=True)
+        batches, self.next_epoch = self.next_epoch or iter(self.loader), None
+        for batch, (x, y) in enumerate(on_device(batches, self.device, self.mean, self.std)):
             x, y_mixed, lam = self.mixer(x, y)
             with self.autocast():
                 logits = self.forward(x)
@@ -237,7 +243,7 @@ class _Epochs:
     def close(self) -> None:
         """Let go of the loader's worker processes now, not when a traceback that references
         this object (a pruned or failed fold) is collected."""
-        del self.loader
+        del self.loader, self.next_epoch
 
     def evaluate(self, data: FoldData, batch_size: int) -> tuple[np.ndarray, float]:
         """Predicted classes of the validation side, and the validation loss."""
@@ -302,6 +308,8 @@ def fit_fold(
             train_loss, throughput = epochs.train()
             if not np.isfinite(train_loss):
                 raise TrainingDiverged(f"training loss became {train_loss} in fold {fold} epoch {epoch}")
+            if epoch + 1 < cfg.max_epochs:
+                epochs.prepare_next()
             if not len(data.val_idx):
                 result.history.append(EpochResult(fold, epoch, train_loss, float("nan"), float("nan"),
                                                   float("nan"), current_lr(epochs.stepper.optimizer),

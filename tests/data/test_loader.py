@@ -128,3 +128,64 @@ def test_pin_thread_copies_a_slot_batch_out(images, monkeypatch):
     x_again = x.clone()
     raw.images().fill_(255)  # the slot written again: the copy handed on is untouched
     assert torch.equal(x, x_again) and (x.numpy() < 60).all()
+
+
+def _paint_opencv_threads(image: np.ndarray, **_) -> np.ndarray:
+    import cv2
+
+    return np.full_like(image, cv2.getNumThreads())
+
+
+def test_loader_workers_run_opencv_on_one_thread(images, monkeypatch):
+    """Up to 15 workers, each with OpenCV's pool of one thread per core, would fight each other
+    and the training process for the cores: each worker runs OpenCV on one thread."""
+    import albumentations as A
+    import cv2
+
+    monkeypatch.setenv("HPO_LOADER_WORKERS", "1")
+    threads = A.Compose([A.Lambda(image=_paint_opencv_threads)])
+    loader = train_loader(images, np.arange(60), np.arange(60), threads, 12, 0, CPU)
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(4)  # what the workers would inherit (their pool, on a 4-core machine)
+    try:
+        x, _ = next(iter(loader))
+    finally:
+        cv2.setNumThreads(before)
+    assert (x == 1).all()
+
+
+def test_an_epoch_asked_for_early_is_prepared_before_its_first_batch(images, monkeypatch, tmp_path):
+    """The training loop asks for the next epoch before it evaluates: the workers must start on it
+    then, not when the first batch is taken."""
+    import albumentations as A
+
+    log = tmp_path / "augmented"
+
+    def record(image, **_):
+        with log.open("a") as out:
+            out.write(f"{image[0, 0, 0]}\n")
+        return image
+
+    monkeypatch.setenv("HPO_LOADER_WORKERS", "1")
+    loader = train_loader(images, np.arange(60), np.arange(60), A.Compose([A.Lambda(image=record)]), 12, 0, CPU)
+    first = [x for x, _ in loader]  # epoch 1, whole
+    done = len(log.read_text().splitlines())
+    assert done == 60 and len(first) == 5
+    batches = iter(loader)  # epoch 2 asked for; no batch taken
+    deadline = time.monotonic() + 30
+    while len(log.read_text().splitlines()) == done and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(log.read_text().splitlines()) >= done + 12  # at least one batch of epoch 2 made
+    assert sorted(i for x, _ in batches for i in x[:, 0, 0, 0].tolist()) == list(range(60))
+
+
+def test_on_device_normalises_every_batch_in_order(images):
+    mean = torch.tensor([10.0, 20.0, 30.0]).view(1, 3, 1, 1) / 255
+    std = torch.full((1, 3, 1, 1), 0.5)
+    batches = [(torch.from_numpy(images[k : k + 4]), torch.arange(k, k + 4)) for k in range(0, 60, 4)]
+    out = list(loader_module.on_device(batches, CPU, mean, std))
+    assert len(out) == 15
+    for (x, y), (raw, labels) in zip(out, batches, strict=True):
+        assert x.shape == (4, 3, 6, 6) and torch.equal(y, labels)
+        expected = (raw.permute(0, 3, 1, 2).float() / 255 - mean) / std
+        assert torch.allclose(x, expected)
