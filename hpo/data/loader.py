@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -146,10 +147,16 @@ class RingLoader(DataLoader):
     ``iter()`` sets the workers on the epoch's batches at once (persistent workers, reset), not
     at the first ``next()``: the training loop asks for the next epoch while it evaluates this
     one, so the first batches are ready when training resumes.
+
+    The workers are the parallelism: OpenCV's own pool (a thread per core in each of up to 15
+    workers) would only fight them and the training process for the cores. They are forked with
+    OpenCV set to one thread: setting it in a forked worker hangs once the parent has used its
+    pool.
     """
 
     def __iter__(self):
-        batches = super().__iter__()
+        with _opencv_threads(1):  # the first iter() forks the workers, which keep this setting
+            batches = super().__iter__()
         return (batch.materialize() if isinstance(batch, SlotBatch) else batch for batch in batches)
 
 
@@ -158,12 +165,19 @@ def _whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor
     return batch
 
 
-def _start_worker(worker_id: int) -> None:
+@contextlib.contextmanager
+def _opencv_threads(threads: int) -> Iterator[None]:
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(threads)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
+def _seed_worker(worker_id: int) -> None:
     """Each DataLoader worker holds a copy of the pipeline: give each its own stream, derived
-    from the loader's seeded generator, so workers differ and runs repeat. The workers are the
-    parallelism: OpenCV's own thread pool (one thread per core in each of up to 15 workers)
-    only fights them and the training process for the cores."""
-    cv2.setNumThreads(1)
+    from the loader's seeded generator, so workers differ and runs repeat."""
     info = torch.utils.data.get_worker_info()
     if info is not None and info.dataset.pipeline is not None:
         info.dataset.pipeline.set_random_seed(info.seed % 2**32)
@@ -244,7 +258,10 @@ def train_loader(
         num_workers=workers,
         persistent_workers=True,
         prefetch_factor=prefetch,
-        worker_init_fn=_start_worker,
+        worker_init_fn=_seed_worker,
+        # Forked, also where Python's default is another start method (3.14): the workers share
+        # the ring and the memory-mapped images instead of receiving pickled copies of them.
+        multiprocessing_context="fork",
         pin_memory=device.type == "cuda",
     )
 

@@ -136,22 +136,29 @@ def _paint_opencv_threads(image: np.ndarray, **_) -> np.ndarray:
     return np.full_like(image, cv2.getNumThreads())
 
 
-def test_loader_workers_run_opencv_on_one_thread(images, monkeypatch):
+@pytest.mark.timeout(120)
+def test_loader_workers_run_opencv_on_one_thread(images):
     """Up to 15 workers, each with OpenCV's pool of one thread per core, would fight each other
-    and the training process for the cores: each worker runs OpenCV on one thread."""
+    and the training process for the cores: each worker runs OpenCV on one thread. Setting that
+    inside a worker forked from a process whose pool has run hangs the worker: the parent's pool
+    runs here first."""
     import albumentations as A
     import cv2
 
-    monkeypatch.setenv("HPO_LOADER_WORKERS", "1")
-    threads = A.Compose([A.Lambda(image=_paint_opencv_threads)])
-    loader = train_loader(images, np.arange(60), np.arange(60), threads, 12, 0, CPU)
     before = cv2.getNumThreads()
-    cv2.setNumThreads(4)  # what the workers would inherit (their pool, on a 4-core machine)
+    cv2.setNumThreads(4)  # the parent's pool, as on a 4-core machine, and used
     try:
-        x, _ = next(iter(loader))
+        cv2.GaussianBlur(np.zeros((1024, 1024, 3), np.uint8), (5, 5), 0)
+        for workers in ("1", "2"):
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("HPO_LOADER_WORKERS", workers)
+                threads = A.Compose([A.Lambda(image=_paint_opencv_threads)])
+                loader = train_loader(images, np.arange(60), np.arange(60), threads, 12, 0, CPU)
+                painted = [x for x, _ in loader]
+            assert len(painted) == 5 and all((x == 1).all() for x in painted)
+        assert cv2.getNumThreads() == 4  # the training process keeps its own setting
     finally:
         cv2.setNumThreads(before)
-    assert (x == 1).all()
 
 
 def test_an_epoch_asked_for_early_is_prepared_before_its_first_batch(images, monkeypatch, tmp_path):
