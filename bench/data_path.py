@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -21,7 +22,9 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import augment_rate  # noqa: E402
 
+from hpo.data.augment import build_pipeline, preset_ops  # noqa: E402
 from hpo.data.loader import AugmentedImages, _whole_batch, train_loader  # noqa: E402
+from hpo.train.config import AugmentOp  # noqa: E402
 
 
 class PerImage(AugmentedImages):
@@ -32,6 +35,19 @@ class PerImage(AugmentedImages):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         index = self.indices[i]
         return torch.from_numpy(np.ascontiguousarray(self.images[index])), int(self.labels[index])
+
+
+def op_costs(images: np.ndarray, preset: str, seconds: float = 1.0) -> None:
+    """Milliseconds per image of each op of the preset, applied always (p = 1), and what it costs
+    on average at the preset's probability: what would be gained by moving it elsewhere."""
+    for name, (magnitude, p) in preset_ops(preset).items():
+        pipeline = build_pipeline([AugmentOp(name, magnitude, 1.0)], images.shape[1], seed=0)
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            pipeline(image=np.ascontiguousarray(images[done % len(images)]))
+            done += 1
+        ms = 1e3 * (time.perf_counter() - started) / done
+        print(f"  {name:<20} {ms:.3f} ms per image, {p * ms:.3f} ms at p={p}", flush=True)
 
 
 def rate(loader: DataLoader, epochs: int = 5) -> float:
@@ -51,6 +67,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)  # as in a loader worker
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (args.images, args.image_size, args.image_size, 3), dtype=np.uint8)
     labels = np.arange(args.images) % 6
@@ -58,6 +75,7 @@ def main() -> None:
     print(f"one core, {args.image_size} px uint8 images", flush=True)
     for preset in ("light", "medium", "heavy"):
         print(f"augmentation {preset}: {augment_rate(images, preset, 4.0):.0f} images/s", flush=True)
+    op_costs(images, "heavy")
     per_image = DataLoader(PerImage(images, labels, everything, None), batch_size=args.batch_size, shuffle=True)
     print(f"batches image by image + collate: {rate(per_image):.0f} images/s", flush=True)
     whole = train_loader(images, labels, everything, None, args.batch_size, 0, torch.device("cpu"))

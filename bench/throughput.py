@@ -111,15 +111,21 @@ def loader_alone(args: argparse.Namespace, device: torch.device, images: np.ndar
 
 
 def augment_rate(images: np.ndarray, preset: str, seconds: float = 3.0) -> float:
-    """Images/second of the preset's albumentations pipeline in this (one) thread."""
+    """Images/second of the preset's albumentations pipeline in this thread, OpenCV on one thread
+    as in a loader worker."""
+    import cv2
+
     ops = [AugmentOp(name, m, p) for name, (m, p) in preset_ops(preset).items()]
     pipeline = build_pipeline(ops, images.shape[1], seed=0)
     if pipeline is None:
         return float("inf")
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         pipeline(image=np.ascontiguousarray(images[done % len(images)]))
         done += 1
+    cv2.setNumThreads(threads)
     return done / (time.perf_counter() - started)
 
 
