@@ -79,6 +79,20 @@ def model_alone(args: argparse.Namespace, device: torch.device) -> float:
     return args.steps * args.batch_size / (time.perf_counter() - started)
 
 
+def niced(increment: int) -> None:
+    """Loader workers from now on start at a lower priority than the training process, which
+    launches the GPU's kernels (an experiment: hpo does not do this)."""
+    from hpo.data import loader
+
+    start = loader._seed_worker
+
+    def start_niced(worker_id: int) -> None:
+        os.nice(increment)
+        start(worker_id)
+
+    loader._seed_worker = start_niced
+
+
 def trial_recipe(args: argparse.Namespace):
     ops = tuple(AugmentOp(name, m, p) for name, (m, p) in preset_ops(args.augment).items())
     return recipe(args.backbone, args.image_size, args.batch_size, args.epochs, augment=ops,
@@ -154,6 +168,8 @@ def main() -> None:
                         help="times the decoded photos are repeated in the trial's data (default: 60 batches an epoch on GPU, 1 on CPU)")
     parser.add_argument("--loader-workers", type=int, nargs="*", default=[],
                         help="also time the trial with these DataLoader worker counts (HPO_LOADER_WORKERS)")
+    parser.add_argument("--worker-nice", type=int, default=0,
+                        help="also time the trial with its loader workers at this lower priority (os.nice)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the real trial (the first is warm-up)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps of the model alone")
     parser.add_argument("--warmup-steps", type=int, default=None)
@@ -205,6 +221,10 @@ def main() -> None:
         os.environ["HPO_LOADER_WORKERS"] = str(workers)
         print(f"(b) with {workers} loader workers: {real_trial(args, device, images, labels):.1f} images/s", flush=True)
     os.environ.pop("HPO_LOADER_WORKERS", None)
+    if args.worker_nice:
+        niced(args.worker_nice)
+        print(f"(b) with loader workers at nice {args.worker_nice}: {real_trial(args, device, images, labels):.1f}"
+              " images/s", flush=True)
     print(f"ratio (b)/(a):   {trial / alone:.2f}")
 
 

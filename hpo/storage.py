@@ -48,7 +48,7 @@ from sqlalchemy.pool import NullPool
 
 from hpo.config import StudySpec
 from hpo.data.table import ImageTable
-from hpo.errors import DataError, StorageError
+from hpo.errors import DataError, StorageError, first_line
 
 log = logging.getLogger(__name__)
 ENV_STORAGE = "HPO_STORAGE"
@@ -104,6 +104,13 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
 
 
+def database_reason(error: BaseException) -> str:
+    """The first line of the database driver's own message, under Optuna's and SQLAlchemy's
+    wrappers."""
+    cause = error.__cause__ or error
+    return first_line(getattr(cause, "orig", None) or cause)
+
+
 def retrying(call: Callable[..., Any], name: str, seconds: float = RETRY_SECONDS,
              retry_if: Callable[[BaseException], bool] | None = None,
              errors: tuple[type[BaseException], ...] = (StorageInternalError, SQLAlchemyError)) -> Callable[..., Any]:
@@ -123,7 +130,7 @@ def retrying(call: Callable[..., Any], name: str, seconds: float = RETRY_SECONDS
                 # One warning per outage, not one per attempt.
                 log.log(logging.WARNING if delay == 0.05 else logging.DEBUG,
                         "storage %s: transient error, retrying for up to %.0fs: %s", name, seconds,
-                        str(e.__cause__ or e).splitlines()[0])
+                        database_reason(e))
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 5.0)
 
@@ -227,10 +234,8 @@ def open_storage(
                 heartbeat_stale_trial_callback=callback,
             )
     except (SQLAlchemyError, StorageInternalError, ImportError, OSError) as e:
-        cause = e.__cause__ or e
-        reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
         raise StorageError(
-            f"cannot open storage {redact(url)}: {reason}; check --storage / {ENV_STORAGE} and that"
+            f"cannot open storage {redact(url)}: {database_reason(e)}; check --storage / {ENV_STORAGE} and that"
             " the database is reachable"
         ) from None
     if backend == "sqlite":
@@ -287,8 +292,9 @@ def require_database(url: str, study_name: str) -> None:
         with engine.connect() as connection:
             exists = inspect(connection).has_table("studies")
     except (SQLAlchemyError, ImportError) as e:
-        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-        raise StorageError(f"cannot open storage {redact(url)}: {reason}; check --storage / {ENV_STORAGE}") from None
+        raise StorageError(
+            f"cannot open storage {redact(url)}: {database_reason(e)}; check --storage / {ENV_STORAGE}"
+        ) from None
     finally:
         engine.dispose()
     if not exists:

@@ -14,6 +14,8 @@ from collections.abc import Callable
 import optuna
 from optuna.exceptions import ExperimentalWarning
 
+from hpo.errors import first_line
+
 log = logging.getLogger(__name__)
 
 
@@ -30,7 +32,7 @@ class _Periodic:
             try:
                 self.tick()
             except Exception as e:  # noqa: BLE001 - a database hiccup must not end the thread
-                log.warning("%s: %s (will retry)", self._thread.name, str(e).splitlines()[0] if str(e) else type(e).__name__)
+                log.warning("%s: %s (will retry)", self._thread.name, first_line(e) or type(e).__name__)
             if self._stop.wait(self.interval):
                 return
 

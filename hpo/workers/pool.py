@@ -19,7 +19,7 @@ import torch
 from optuna.trial import TrialState
 from rich.console import Console
 
-from hpo.errors import ConfigError, HpoError
+from hpo.errors import ConfigError, HpoError, first_line
 from hpo.progress import RunDisplay
 from hpo.storage import ENV_STORAGE, STORAGE_FAILURES, is_sqlite
 from hpo.study import StudyHandle
@@ -180,7 +180,7 @@ def _quietly(refresh: Callable[[], None]) -> None:
     try:
         refresh()
     except STORAGE_FAILURES as e:
-        log.warning("display not refreshed: %s", str(e).splitlines()[0])
+        log.warning("display not refreshed: %s", first_line(e))
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
