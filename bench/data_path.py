@@ -14,13 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import augment_rate  # noqa: E402
+from throughput import augment_rate, pipeline_rate  # noqa: E402
 
 from hpo.data.augment import build_pipeline, preset_ops  # noqa: E402
 from hpo.data.loader import AugmentedImages, _whole_batch, train_loader  # noqa: E402
@@ -42,11 +41,7 @@ def op_costs(images: np.ndarray, preset: str, seconds: float = 1.0) -> None:
     on average at the preset's probability: what would be gained by moving it elsewhere."""
     for name, (magnitude, p) in preset_ops(preset).items():
         pipeline = build_pipeline([AugmentOp(name, magnitude, 1.0)], images.shape[1], seed=0)
-        done, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            pipeline(image=np.ascontiguousarray(images[done % len(images)]))
-            done += 1
-        ms = 1e3 * (time.perf_counter() - started) / done
+        ms = 1e3 / pipeline_rate(pipeline, images, seconds)
         print(f"  {name:<20} {ms:.3f} ms per image, {p * ms:.3f} ms at p={p}", flush=True)
 
 
@@ -67,7 +62,6 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cv2.setNumThreads(1)  # as in a loader worker
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (args.images, args.image_size, args.image_size, 3), dtype=np.uint8)
     labels = np.arange(args.images) % 6

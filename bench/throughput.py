@@ -117,7 +117,7 @@ def loader_alone(args: argparse.Namespace, device: torch.device, images: np.ndar
                           cfg.batch_size, 0, device)
     for _ in range(2):  # the first epoch starts the workers
         seen, started = 0, time.perf_counter()
-        for _, y in on_device(iter(loader), device, mean, std):
+        for _, y in on_device(loader, device, mean, std):
             seen += len(y)
         sync(device)
     del loader
@@ -125,22 +125,27 @@ def loader_alone(args: argparse.Namespace, device: torch.device, images: np.ndar
 
 
 def augment_rate(images: np.ndarray, preset: str, seconds: float = 3.0) -> float:
-    """Images/second of the preset's albumentations pipeline in this thread, OpenCV on one thread
-    as in a loader worker."""
-    import cv2
-
+    """Images/second of the preset's albumentations pipeline in this thread."""
     ops = [AugmentOp(name, m, p) for name, (m, p) in preset_ops(preset).items()]
     pipeline = build_pipeline(ops, images.shape[1], seed=0)
-    if pipeline is None:
-        return float("inf")
+    return float("inf") if pipeline is None else pipeline_rate(pipeline, images, seconds)
+
+
+def pipeline_rate(pipeline, images: np.ndarray, seconds: float) -> float:
+    """Images/second of an albumentations pipeline in this thread, OpenCV on one thread as in a
+    loader worker."""
+    import cv2
+
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        pipeline(image=np.ascontiguousarray(images[done % len(images)]))
-        done += 1
-    cv2.setNumThreads(threads)
-    return done / (time.perf_counter() - started)
+    try:
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            pipeline(image=np.ascontiguousarray(images[done % len(images)]))
+            done += 1
+        return done / (time.perf_counter() - started)
+    finally:
+        cv2.setNumThreads(threads)
 
 
 def common_way_rate(table, size: int, seconds: float = 3.0) -> float:
