@@ -296,11 +296,9 @@ def fit_fold(
     seed_everything(seed)
     epochs, schedule = _epochs(cfg, data, device, seed)
     freeze = build_freeze(cfg.freeze.name, cfg.freeze.args)
-    labels_all = list(range(data.num_classes))
-    val_labels = data.val_labels  # a gather from the whole set: once per fold, not per epoch
     result = into if into is not None else FoldResult(fold)
-    result.val_labels = val_labels
-    stale_epochs = 0
+    result.val_labels = data.val_labels  # a gather from the whole set: once per fold, not per epoch
+    validating, stale_epochs, nan = len(data.val_idx) > 0, 0, float("nan")
     try:
         for epoch in range(cfg.max_epochs):
             epochs.model.train()
@@ -310,43 +308,44 @@ def fit_fold(
                 raise TrainingDiverged(f"training loss became {train_loss} in fold {fold} epoch {epoch}")
             if epoch + 1 < cfg.max_epochs:
                 epochs.prepare_next()
-            if not len(data.val_idx):
-                result.history.append(EpochResult(fold, epoch, train_loss, float("nan"), float("nan"),
-                                                  float("nan"), current_lr(epochs.stepper.optimizer),
-                                                  throughput, frozen))
-                if on_epoch is not None:
-                    on_epoch(result.history[-1])
-                schedule.after_epoch(None)
-                continue
-
-            predicted, val_loss = epochs.evaluate(data, cfg.batch_size)
-            macro_f1 = float(f1_score(val_labels, predicted, average="macro", labels=labels_all, zero_division=0))
-            accuracy = float(accuracy_score(val_labels, predicted))
-            if macro_f1 > result.best_f1:
-                result.best_f1, result.best_epoch, result.best_accuracy = macro_f1, epoch, accuracy
-                result.per_class_f1 = f1_score(
-                    val_labels, predicted, average=None, labels=labels_all, zero_division=0
-                ).tolist()
-                result.best_predictions = predicted
-                if keep_best_state:
-                    result.best_state = _cpu_state(epochs.model)
-                stale_epochs = 0
-            else:
-                stale_epochs += 1
+            val_loss, macro_f1, accuracy = nan, nan, nan
+            if validating:
+                val_loss, macro_f1, accuracy = _score_epoch(epochs, data, cfg.batch_size, epoch, result,
+                                                            keep_best_state)
+                stale_epochs = 0 if result.best_epoch == epoch else stale_epochs + 1
             result.history.append(EpochResult(fold, epoch, train_loss, val_loss, macro_f1, accuracy,
                                               current_lr(epochs.stepper.optimizer), throughput, frozen,
                                               stale_epochs))
             if on_epoch is not None:
                 on_epoch(result.history[-1])  # may raise to stop the run (pruning)
-            if cfg.patience is not None and stale_epochs >= cfg.patience:
+            if validating and cfg.patience is not None and stale_epochs >= cfg.patience:
                 result.stopped_early = epoch
                 break
-            schedule.after_epoch(macro_f1)
+            schedule.after_epoch(macro_f1 if validating else None)
     finally:
         epochs.close()
-    if not len(data.val_idx) and keep_best_state:
+    if not validating and keep_best_state:
         result.best_state, result.best_epoch = _cpu_state(epochs.model), cfg.max_epochs - 1
     return result
+
+
+def _score_epoch(epochs: _Epochs, data: FoldData, batch_size: int, epoch: int, result: FoldResult,
+                 keep_best_state: bool) -> tuple[float, float, float]:
+    """The epoch's validation loss, macro F1 and accuracy; ``result`` keeps the epoch (its
+    predictions, per-class F1 and, if asked, weights) when it is the best so far."""
+    predicted, val_loss = epochs.evaluate(data, batch_size)
+    labels_all = list(range(data.num_classes))
+    macro_f1 = float(f1_score(result.val_labels, predicted, average="macro", labels=labels_all, zero_division=0))
+    accuracy = float(accuracy_score(result.val_labels, predicted))
+    if macro_f1 > result.best_f1:
+        result.best_f1, result.best_epoch, result.best_accuracy = macro_f1, epoch, accuracy
+        result.per_class_f1 = f1_score(
+            result.val_labels, predicted, average=None, labels=labels_all, zero_division=0
+        ).tolist()
+        result.best_predictions = predicted
+        if keep_best_state:
+            result.best_state = _cpu_state(epochs.model)
+    return val_loss, macro_f1, accuracy
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
