@@ -37,7 +37,7 @@ from _common import recipe, tiled, write_photos  # noqa: E402
 from hpo.data import cache  # noqa: E402
 from hpo.data.augment import build_pipeline, preset_ops  # noqa: E402
 from hpo.data.formats import load_table  # noqa: E402
-from hpo.data.loader import loader_workers, on_device, train_loader  # noqa: E402
+from hpo.data.loader import loader_workers, on_device, side_stream, train_loader  # noqa: E402
 from hpo.objective import pick_device  # noqa: E402
 from hpo.train.config import AugmentOp  # noqa: E402
 from hpo.train.loop import FoldData, Stepper, autocast_for, compiled, fit_fold  # noqa: E402
@@ -115,9 +115,10 @@ def loader_alone(args: argparse.Namespace, device: torch.device, images: np.ndar
     std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
     loader = train_loader(images, labels, np.arange(len(labels)), build_pipeline(cfg.augment, cfg.image_size, 0),
                           cfg.batch_size, 0, device)
+    side = side_stream(device)
     for _ in range(2):  # the first epoch starts the workers
         seen, started = 0, time.perf_counter()
-        for _, y in on_device(loader, device, mean, std):
+        for _, y in on_device(loader, device, mean, std, side):
             seen += len(y)
         sync(device)
     del loader

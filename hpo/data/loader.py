@@ -275,17 +275,28 @@ def to_input(
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x.contiguous()
 
 
+def side_stream(device: torch.device) -> torch.cuda.Stream | None:
+    """The stream on_device copies on; one per fold, not per epoch: the allocator reuses a freed
+    block only for the stream that allocated it, and each new Stream is another of the pool's 32,
+    so a stream per epoch would leave each epoch's batches' memory cached and unusable."""
+    return torch.cuda.Stream(device) if device.type == "cuda" else None
+
+
 def on_device(
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, mean: torch.Tensor, std: torch.Tensor
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    side: torch.cuda.Stream | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(normalised images, labels) on the device. On CUDA one batch ahead, copied and normalised
-    on a side stream, so that the copy of the next batch overlaps the training step of this one
-    instead of waiting in line with its kernels."""
-    if device.type != "cuda":
+    on the ``side`` stream (see side_stream), so that the copy of the next batch overlaps the
+    training step of this one instead of waiting in line with its kernels."""
+    if side is None:
         for images, labels in batches:
             yield to_input(images, device, mean, std), labels.to(device)
         return
-    main, side = torch.cuda.current_stream(device), torch.cuda.Stream(device)
+    main = torch.cuda.current_stream(device)
     side.wait_stream(main)  # mean and std were made on the main stream
     ahead = None
     for images, labels in batches:

@@ -17,7 +17,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
 from hpo.data.augment import build_pipeline
-from hpo.data.loader import on_device, to_input, train_loader
+from hpo.data.loader import on_device, side_stream, to_input, train_loader
 from hpo.errors import ConfigError, TrainingDiverged
 from hpo.train.config import TrainConfig
 from hpo.train.losses import build_criterion
@@ -215,7 +215,7 @@ class _Epochs:
     std: torch.Tensor
     device: torch.device
     val_targets: torch.Tensor  # the validation labels, on the device once per fold
-
+    side: torch.cuda.Stream | None  # batches are copied on it (on_device)
     next_epoch: Iterator | None = None  # the loader's next epoch, set going early (prepare_next)
 
     def prepare_next(self) -> None:
@@ -223,12 +223,17 @@ class _Epochs:
         evaluated), so that the next epoch does not begin by waiting for them."""
         self.next_epoch = iter(self.loader)
 
+    def _this_epoch(self) -> Iterator:
+        """The batches prepared early, else a fresh pass. Not kept in a local of train(): a
+        traceback through train() would keep the loader's workers alive past close()."""
+        batches, self.next_epoch = self.next_epoch or iter(self.loader), None
+        return batches
+
     def train(self) -> tuple[float, float]:
         """One pass over the loader: mean training loss and images/second, with one host sync."""
         loss_sum = torch.zeros((), device=self.device)
         seen, started = 0, time.perf_counter()
-        batches, self.next_epoch = self.next_epoch or iter(self.loader), None
-        for batch, (x, y) in enumerate(on_device(batches, self.device, self.mean, self.std)):
+        for batch, (x, y) in enumerate(on_device(self._this_epoch(), self.device, self.mean, self.std, self.side)):
             x, y_mixed, lam = self.mixer(x, y)
             with self.autocast():
                 logits = self.forward(x)
@@ -272,7 +277,7 @@ def _epochs(cfg: TrainConfig, data: FoldData, device: torch.device, seed: int) -
     std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
     epochs = _Epochs(model, compiled(model, cfg.compile), loader, stepper, criterion,
                      Mixer(cfg.mixup, cfg.cutmix, seed), autocast, mean, std, device,
-                     torch.as_tensor(data.val_labels, device=device))
+                     torch.as_tensor(data.val_labels, device=device), side_stream(device))
     return epochs, schedule
 
 

@@ -78,14 +78,26 @@ def test_trial_hands_its_memory_back(image_root, tmp_path):
 def test_batches_copied_on_the_side_stream_match_the_main_streams():
     """on_device copies batch k + 1 on a side stream while batch k trains: each batch must arrive
     whole and in order, even when the main stream is busy and the side stream's memory is reused."""
-    from hpo.data.loader import on_device, to_input
+    from hpo.data.loader import on_device, side_stream, to_input
 
     mean = torch.tensor([0.4, 0.5, 0.6], device=GPU).view(1, 3, 1, 1)
     std = torch.tensor([0.2, 0.25, 0.3], device=GPU).view(1, 3, 1, 1)
     host = [(torch.randint(0, 256, (64, 96, 96, 3), dtype=torch.uint8).pin_memory(), torch.arange(k, k + 64))
             for k in range(0, 64 * 12, 64)]
     busy = torch.randn(4096, 4096, device=GPU)
-    for (x, y), (images, labels) in zip(on_device(host, GPU, mean, std), host, strict=True):
+    for (x, y), (images, labels) in zip(on_device(host, GPU, mean, std, side_stream(GPU)), host, strict=True):
         busy = busy @ busy / 4096  # the main stream lags behind the copies
         assert torch.equal(x, to_input(images, GPU, mean, std))
         assert torch.equal(y.cpu(), labels)
+
+
+def test_epochs_reuse_the_memory_of_the_last(data, monkeypatch):
+    """Each epoch's batches are copied on the fold's one side stream: a new stream per epoch
+    would leave every epoch's batch memory cached for a stream no longer used, so what the
+    process holds would grow epoch by epoch (a packed neighbour on the GPU would run out)."""
+    monkeypatch.delenv("HPO_LOADER_WORKERS", raising=False)
+    reserved = []
+    augment = (AugmentOp("hflip", 0.0, 0.5),)
+    fit_fold(config(max_epochs=8, augment=augment), data, GPU,
+             on_epoch=lambda _: reserved.append(torch.cuda.memory_reserved(GPU)))
+    assert reserved[-1] == reserved[2], reserved

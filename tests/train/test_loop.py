@@ -62,6 +62,26 @@ def test_callback_can_stop_training_at_once(data):
     assert epochs == [0]
 
 
+def test_a_fold_failing_mid_epoch_stops_its_loader_workers_at_once(data, monkeypatch):
+    """A failure inside an epoch (out of memory, say) must not leave the loader's worker processes
+    running for as long as its traceback is held (the worker's error handling, a log call)."""
+    import multiprocessing
+
+    monkeypatch.setenv("HPO_LOADER_WORKERS", "2")
+    backward = loop.Stepper.backward
+
+    def fail_on_the_second_batch(self, loss, batch):
+        if batch == 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        backward(self, loss, batch)
+
+    monkeypatch.setattr(loop.Stepper, "backward", fail_on_the_second_batch)
+    with pytest.raises(RuntimeError, match="simulated") as failure:
+        fit_fold(config(max_epochs=2), data, CPU)
+    assert failure.traceback  # still held here
+    assert multiprocessing.active_children() == []
+
+
 def test_nan_loss_raises_diverged(data, monkeypatch):
     class NanLoss(torch.nn.Module):
         def forward(self, logits, target):
