@@ -37,7 +37,7 @@ from _common import recipe, tiled, write_photos  # noqa: E402
 from hpo.data import cache  # noqa: E402
 from hpo.data.augment import build_pipeline, preset_ops  # noqa: E402
 from hpo.data.formats import load_table  # noqa: E402
-from hpo.data.loader import loader_workers, on_device, side_stream, train_loader  # noqa: E402
+from hpo.data.loader import loader_workers, on_device, opencv_threads, side_stream, train_loader  # noqa: E402
 from hpo.objective import pick_device  # noqa: E402
 from hpo.train.config import AugmentOp  # noqa: E402
 from hpo.train.loop import FoldData, Stepper, autocast_for, compiled, fit_fold  # noqa: E402
@@ -135,18 +135,12 @@ def augment_rate(images: np.ndarray, preset: str, seconds: float = 3.0) -> float
 def pipeline_rate(pipeline, images: np.ndarray, seconds: float) -> float:
     """Images/second of an albumentations pipeline in this thread, OpenCV on one thread as in a
     loader worker."""
-    import cv2
-
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
+    with opencv_threads(1):
         done, started = 0, time.perf_counter()
         while time.perf_counter() - started < seconds:
             pipeline(image=np.ascontiguousarray(images[done % len(images)]))
             done += 1
         return done / (time.perf_counter() - started)
-    finally:
-        cv2.setNumThreads(threads)
 
 
 def common_way_rate(table, size: int, seconds: float = 3.0) -> float:

@@ -155,7 +155,7 @@ class RingLoader(DataLoader):
     """
 
     def __iter__(self):
-        with _opencv_threads(1):  # the first iter() forks the workers, which keep this setting
+        with opencv_threads(1):  # the first iter() forks the workers, which keep this setting
             batches = super().__iter__()
         return (batch.materialize() if isinstance(batch, SlotBatch) else batch for batch in batches)
 
@@ -166,7 +166,8 @@ def _whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor
 
 
 @contextlib.contextmanager
-def _opencv_threads(threads: int) -> Iterator[None]:
+def opencv_threads(threads: int) -> Iterator[None]:
+    """OpenCV's thread count in this process for the block, restored after."""
     before = cv2.getNumThreads()
     cv2.setNumThreads(threads)
     try:

@@ -145,9 +145,7 @@ def test_loader_workers_run_opencv_on_one_thread(images):
     import albumentations as A
     import cv2
 
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(4)  # the parent's pool, as on a 4-core machine, and used
-    try:
+    with loader_module.opencv_threads(4):  # the parent's pool, as on a 4-core machine, and used
         cv2.GaussianBlur(np.zeros((1024, 1024, 3), np.uint8), (5, 5), 0)
         for workers in ("1", "2"):
             with pytest.MonkeyPatch.context() as patch:
@@ -157,8 +155,6 @@ def test_loader_workers_run_opencv_on_one_thread(images):
                 painted = [x for x, _ in loader]
             assert len(painted) == 5 and all((x == 1).all() for x in painted)
         assert cv2.getNumThreads() == 4  # the training process keeps its own setting
-    finally:
-        cv2.setNumThreads(before)
 
 
 def test_an_epoch_asked_for_early_is_prepared_before_its_first_batch(images, monkeypatch, tmp_path):
