@@ -2,7 +2,7 @@
 # The GPU figures of BENCHMARKS.md: the gpu-marked tests and the benchmarks, each step under its
 # own time limit, each step's output kept in LOG_DIR/<step>.log.
 #   bench/gpu.sh LOG_DIR tests throughput           # the steps to run, in order
-# Steps: tests throughput effnet heavy packing naive gap
+# Steps: tests throughput effnet heavy packing naive gap profile
 set -u
 log=${1:?LOG_DIR}; shift
 mkdir -p "$log"
@@ -30,6 +30,8 @@ for what in "$@"; do
     # loader workers, and a CUDA graph of the step against kernel-launch cost.
     gap) step gap-workers 150 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --loader-workers 12 --worker-nice 10 "${photos[@]}"
          step gap-graphs 200 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --compile reduce-overhead "${photos[@]}" ;;
+    # Where the trial's time goes (torch.profiler over epoch 2): host time by op, GPU busy, host waits.
+    profile) step profile 200 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 3 --profile "${photos[@]}" ;;
     naive) step naive 300 python3 bench/naive_vs_hpo.py --image-size 128 --naive-workers 8 ;;
     *) echo "unknown step: $what"; exit 2 ;;
     esac

@@ -10,7 +10,9 @@
 (c) the loader alone: the trial's own DataLoader (workers, augmentation, pinned memory) and the
     copy to the device, no model: the most images/second the data path can feed.
 
-Prints (b)/(a), plus what the data path costs per image on this machine: decoding a JPEG once
+Prints (b)/(a) and the share of (b)'s time spent waiting for batches (loader-bound when large);
+``--profile`` then profiles one more trial's second epoch (host time by op, GPU busy, calls that
+make the host wait for the GPU). Also prints what the data path costs per image on this machine: decoding a JPEG once
 (cache build), the albumentations preset per image on one core, and the common way (PIL decode +
 torchvision transforms every epoch) for comparison.
 
@@ -99,13 +101,63 @@ def trial_recipe(args: argparse.Namespace):
                   mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), compile=args.compile)
 
 
-def real_trial(args: argparse.Namespace, device: torch.device, images: np.ndarray, labels: np.ndarray) -> float:
+def real_trial(args: argparse.Namespace, device: torch.device, images: np.ndarray, labels: np.ndarray,
+               on_epoch=None) -> tuple[float, float]:
+    """The trial's training images/second and share of time waiting for batches (medians of the
+    epochs after the first)."""
     everything = np.arange(len(labels))
     val = everything[:: max(2, len(labels) // (2 * args.batch_size))][: args.batch_size]
     train = np.setdiff1d(everything, val)
-    result = fit_fold(trial_recipe(args), FoldData(images, labels, train, val, CLASSES), device)
-    rates = [e.images_per_second for e in result.history[1:]] or [result.history[0].images_per_second]
-    return statistics.median(rates)
+    result = fit_fold(trial_recipe(args), FoldData(images, labels, train, val, CLASSES), device, on_epoch=on_epoch)
+    timed = result.history[1:] or result.history
+    return statistics.median(e.images_per_second for e in timed), statistics.median(e.data_wait for e in timed)
+
+
+def profiled_trial(args: argparse.Namespace, device: torch.device, images: np.ndarray, labels: np.ndarray) -> None:
+    """torch.profiler over the trial's second epoch (training, then evaluation): where the host's
+    time goes, how busy the GPU was, and the calls that make the host wait for the GPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    profiler, window = profile(activities=activities), {}
+
+    def second_epoch(result) -> None:
+        if result.epoch == 0:
+            profiler.start()
+            window["started"] = time.perf_counter()
+        elif result.epoch == 1:
+            sync(device)
+            window["seconds"] = time.perf_counter() - window["started"]
+            profiler.stop()
+
+    real_trial(args, device, images, labels, on_epoch=second_epoch)
+    totals = profiler.key_averages()
+    print(totals.table(sort_by="self_cpu_time_total", row_limit=15), flush=True)
+    if device.type == "cuda":
+        print(totals.table(sort_by="self_device_time_total", row_limit=10), flush=True)
+        busy = _union_seconds((e.time_range.start, e.time_range.end) for e in profiler.events()
+                              if e.device_type == torch.autograd.DeviceType.CUDA)
+        print(f"GPU busy {busy / window['seconds']:.0%} of the profiled {window['seconds']:.2f} s", flush=True)
+    calls = {e.key: e.count for e in totals}
+    waits = {name: calls[name] for name in HOST_WAITS if calls.get(name)}
+    print(f"calls that can make the host wait, over the epoch: {waits or 'none'}", flush=True)
+
+
+# CUDA runtime calls that block the host until the GPU (or a stream) is done, or may; a .item()
+# of a tensor on the GPU shows as cudaStreamSynchronize (aten::item also counts the optimizer's
+# harmless reads of its step counters, kept on the CPU).
+HOST_WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy",
+              "cudaHostAlloc", "cudaFreeHost", "cudaMalloc", "cudaFree")
+
+
+def _union_seconds(intervals) -> float:
+    """Seconds covered by (start, end) microsecond intervals, overlaps counted once."""
+    covered, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            covered += end - max(start, reach)
+            reach = end
+    return covered / 1e6
 
 
 def loader_alone(args: argparse.Namespace, device: torch.device, images: np.ndarray, labels: np.ndarray) -> float:
@@ -175,6 +227,8 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=None)
     parser.add_argument("--augment", default="light", help="augmentation preset: none, light, medium, heavy")
     parser.add_argument("--compile", default="off", help="torch.compile mode, or off")
+    parser.add_argument("--profile", action="store_true",
+                        help="then profile one more trial's second epoch (torch.profiler): host time, GPU busy, host waits")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "hpo-bench-photos")
     args = parser.parse_args()
     device = pick_device()
@@ -212,20 +266,26 @@ def main() -> None:
 
     # (a) before and after (b): on a shared machine the speed drifts, the mean brackets (b).
     before = model_alone(args, device)
-    trial = real_trial(args, device, images, labels)
+    trial, waited = real_trial(args, device, images, labels)
     after = model_alone(args, device)
     alone = (before + after) / 2
     print(f"(a) model alone: {alone:.1f} images/s (before {before:.1f}, after {after:.1f})", flush=True)
-    print(f"(b) hpo trial:   {trial:.1f} images/s", flush=True)
+    print(f"(b) hpo trial:   {rate_and_wait((trial, waited))}", flush=True)
     for workers in args.loader_workers:
         os.environ["HPO_LOADER_WORKERS"] = str(workers)
-        print(f"(b) with {workers} loader workers: {real_trial(args, device, images, labels):.1f} images/s", flush=True)
+        print(f"(b) with {workers} loader workers: {rate_and_wait(real_trial(args, device, images, labels))}", flush=True)
     os.environ.pop("HPO_LOADER_WORKERS", None)
     if args.worker_nice:
         niced(args.worker_nice)
-        print(f"(b) with loader workers at nice {args.worker_nice}: {real_trial(args, device, images, labels):.1f}"
-              " images/s", flush=True)
-    print(f"ratio (b)/(a):   {trial / alone:.2f}")
+        print(f"(b) with loader workers at nice {args.worker_nice}: {rate_and_wait(real_trial(args, device, images, labels))}",
+              flush=True)
+    print(f"ratio (b)/(a):   {trial / alone:.2f}", flush=True)
+    if args.profile:
+        profiled_trial(args, device, images, labels)
+
+
+def rate_and_wait(figures: tuple[float, float]) -> str:
+    return f"{figures[0]:.1f} images/s, {figures[1]:.0%} of it waiting for batches"
 
 
 if __name__ == "__main__":

@@ -192,3 +192,4 @@ class Objective:
         trial.set_user_attr(
             "images_per_second", round(float(np.mean([f.images_per_second for f in folds])), 1)
         )
+        trial.set_user_attr("data_wait", round(float(np.mean([f.data_wait for f in folds])), 3))

@@ -33,6 +33,12 @@ def trial_line(trial: FrozenTrial) -> str:
     return f"trial {trial.number:>3} {trial.state.name:<8} {outcome} ({seconds:.0f}s) {backbone}"
 
 
+def waiting(data_wait: float) -> str:
+    """A note when the training waited for its batches for a tenth of the epoch or more: the
+    loader (augmentation on too few cores) holds the GPU back."""
+    return f" ({data_wait:.0%} waiting for data)" if data_wait >= 0.1 else ""
+
+
 class RunDisplay:
     """Trials done/total, states, best macro F1, and what the running trials are doing."""
 
@@ -58,7 +64,7 @@ class RunDisplay:
         r = event.result
         self.running[event.trial] = (
             f"fold {r.fold + 1}/{event.folds} epoch {r.epoch + 1}  val F1 {r.macro_f1:.4f}"
-            f"  loss {r.train_loss:.3f}  {r.images_per_second:.0f} img/s"
+            f"  loss {r.train_loss:.3f}  {r.images_per_second:.0f} img/s{waiting(r.data_wait)}"
         )
         self._refresh()
 

@@ -5,7 +5,8 @@ it never decides anything. TensorBoard (``tracking.tensorboard`` in the study fi
 ``hpo run --tensorboard DIR``) writes one run per trial and fold::
 
     DIR/<study>/trial-0007/fold-0     loss/train, loss/val, macro_f1/val, accuracy/val, lr,
-                                      images_per_second, schedule/backbone_frozen,
+                                      images_per_second, data_wait (share of the epoch
+                                      spent waiting for batches), schedule/backbone_frozen,
                                       schedule/epochs_without_improvement (x axis: epoch)
     DIR/<study>/trial-0007            hparams (the trial's parameters -> hparam/macro_f1) and
                                       a text "outcome": complete, or pruned where and why
@@ -74,7 +75,7 @@ class TensorBoardTracker(Tracker):
         writer = self._fold_writer(trial, result.fold)
         values = {"loss/train": result.train_loss, "loss/val": result.val_loss,
                   "macro_f1/val": result.macro_f1, "accuracy/val": result.accuracy, "lr": result.lr,
-                  "images_per_second": result.images_per_second,
+                  "images_per_second": result.images_per_second, "data_wait": result.data_wait,
                   "schedule/backbone_frozen": float(result.frozen),
                   "schedule/epochs_without_improvement": float(result.stale_epochs)}
         for tag, value in values.items():

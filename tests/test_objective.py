@@ -36,6 +36,7 @@ def test_value_is_the_mean_of_fold_f1s(image_root, tmp_path):
     assert trial.user_attrs["f1_std"] == pytest.approx(np.std(fold_f1), abs=1e-4)
     assert len(trial.user_attrs["best_epochs"]) == 3 and len(trial.user_attrs["per_class_f1"]) == 3
     assert trial.user_attrs["images_per_second"] > 0 and trial.user_attrs["device"] == "cpu"
+    assert 0 < trial.user_attrs["data_wait"] < 1
     # One global step axis: fold * max_epochs + epoch, every epoch of every fold reported.
     assert sorted(trial.intermediate_values) == list(range(3 * spec.budget.max_epochs))
 

@@ -16,7 +16,7 @@ from hpo.train.config import TrainConfig
 from hpo.train.loop import EpochResult, FoldResult
 from tests.conftest import tiny_study
 
-SCALARS = {"loss/train", "loss/val", "macro_f1/val", "accuracy/val", "lr", "images_per_second",
+SCALARS = {"loss/train", "loss/val", "macro_f1/val", "accuracy/val", "lr", "images_per_second", "data_wait",
            "schedule/backbone_frozen", "schedule/epochs_without_improvement"}
 
 

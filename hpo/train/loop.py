@@ -7,7 +7,7 @@ import contextlib
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -62,6 +62,7 @@ class EpochResult:
     images_per_second: float
     frozen: bool = False  # the backbone was frozen this epoch (freeze: backbone / unfreeze)
     stale_epochs: int = 0  # epochs since the best one, against the patience
+    data_wait: float = 0.0  # share of the epoch's training time spent waiting for batches
 
 
 @dataclass
@@ -80,6 +81,31 @@ class FoldResult:
     @property
     def images_per_second(self) -> float:
         return float(np.mean([e.images_per_second for e in self.history])) if self.history else 0.0
+
+    @property
+    def data_wait(self) -> float:
+        return float(np.mean([e.data_wait for e in self.history])) if self.history else 0.0
+
+
+class WaitClock:
+    """Adds up in ``waited`` the seconds the consumer of ``timed(items)`` spent in ``next()``: the
+    time the training loop waited for its batches (loader-bound when a large share). The clock
+    does not hold the iterator: a traceback through the loop must not keep a loader alive."""
+
+    def __init__(self) -> None:
+        self.waited = 0.0
+
+    def timed(self, items: Iterable) -> Iterator:
+        items = iter(items)
+        while True:
+            started = time.perf_counter()
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            finally:
+                self.waited += time.perf_counter() - started
+            yield item
 
 
 def seed_everything(seed: int) -> None:
@@ -229,11 +255,14 @@ class _Epochs:
         batches, self.next_epoch = self.next_epoch or iter(self.loader), None
         return batches
 
-    def train(self) -> tuple[float, float]:
-        """One pass over the loader: mean training loss and images/second, with one host sync."""
+    def train(self) -> tuple[float, float, float]:
+        """One pass over the loader, with one host sync: mean training loss, images/second and the
+        share of the time spent waiting for batches."""
         loss_sum = torch.zeros((), device=self.device)
         seen, started = 0, time.perf_counter()
-        for batch, (x, y) in enumerate(on_device(self._this_epoch(), self.device, self.mean, self.std, self.side)):
+        clock = WaitClock()
+        for batch, (x, y) in enumerate(clock.timed(on_device(self._this_epoch(), self.device, self.mean,
+                                                             self.std, self.side))):
             x, y_mixed, lam = self.mixer(x, y)
             with self.autocast():
                 logits = self.forward(x)
@@ -243,7 +272,9 @@ class _Epochs:
             self.stepper.backward(loss, batch)
             loss_sum += loss.detach() * len(y)
             seen += len(y)
-        return float(loss_sum) / max(seen, 1), seen / (time.perf_counter() - started)
+        loss = float(loss_sum) / max(seen, 1)
+        seconds = time.perf_counter() - started
+        return loss, seen / seconds, clock.waited / seconds
 
     def close(self) -> None:
         """Let go of the loader's worker processes now, not when a traceback that references
@@ -308,7 +339,7 @@ def fit_fold(
         for epoch in range(cfg.max_epochs):
             epochs.model.train()
             frozen = freeze.apply(epochs.model, epoch)
-            train_loss, throughput = epochs.train()
+            train_loss, throughput, data_wait = epochs.train()
             if not np.isfinite(train_loss):
                 raise TrainingDiverged(f"training loss became {train_loss} in fold {fold} epoch {epoch}")
             if epoch + 1 < cfg.max_epochs:
@@ -320,7 +351,7 @@ def fit_fold(
                 stale_epochs = 0 if result.best_epoch == epoch else stale_epochs + 1
             result.history.append(EpochResult(fold, epoch, train_loss, val_loss, macro_f1, accuracy,
                                               current_lr(epochs.stepper.optimizer), throughput, frozen,
-                                              stale_epochs))
+                                              stale_epochs, data_wait))
             if on_epoch is not None:
                 on_epoch(result.history[-1])  # may raise to stop the run (pruning)
             if validating and cfg.patience is not None and stale_epochs >= cfg.patience:

@@ -3,6 +3,8 @@ back after a trial. Skipped, visibly, without a CUDA device (CI has none)."""
 
 from __future__ import annotations
 
+import warnings
+
 import optuna
 import pytest
 import torch
@@ -101,3 +103,28 @@ def test_epochs_reuse_the_memory_of_the_last(data, monkeypatch):
     fit_fold(config(max_epochs=8, augment=augment), data, GPU,
              on_epoch=lambda _: reserved.append(torch.cuda.memory_reserved(GPU)))
     assert reserved[-1] == reserved[2], reserved
+
+
+def host_syncs(run) -> int:
+    """How many times ``run()`` made the host wait for the GPU (torch's sync debug mode)."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing CUDA operation" in str(w.message) for w in caught)
+
+
+def test_training_steps_do_not_wait_for_the_gpu(data, monkeypatch):
+    """The host queues a step's kernels and goes on to the next batch: twice the batches must not
+    add a single sync (the loss is read once per epoch; evaluation and set-up are per fold)."""
+    monkeypatch.delenv("HPO_LOADER_WORKERS", raising=False)
+    augment = (AugmentOp("hflip", 0.0, 0.5),)  # loader workers, pinned ring, side stream
+    fit_fold(config(max_epochs=1, batch_size=8, augment=augment), data, GPU)  # warm: cuDNN, cuBLAS
+    few = host_syncs(lambda: fit_fold(config(max_epochs=2, batch_size=8, augment=augment), data, GPU))
+    many = host_syncs(lambda: fit_fold(config(max_epochs=2, batch_size=4, augment=augment), data, GPU))
+    assert len(data.train_idx) // 4 >= 2 * (len(data.train_idx) // 8) >= 4  # the premise: twice the steps
+    assert many == few, (few, many)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import f1_score
 
+from hpo.data.loader import AugmentedImages
 from hpo.errors import ConfigError, TrainingDiverged
+from hpo.progress import waiting
 from hpo.train import loop
 from hpo.train.config import AugmentOp, Component
 from hpo.train.loop import fit_fold, predict_logits
@@ -80,6 +84,33 @@ def test_a_fold_failing_mid_epoch_stops_its_loader_workers_at_once(data, monkeyp
         fit_fold(config(max_epochs=2), data, CPU)
     assert failure.traceback  # still held here
     assert multiprocessing.active_children() == []
+
+
+def test_wait_clock_counts_the_time_spent_in_next_not_in_the_loop():
+    def slow_items():
+        for item in range(3):
+            time.sleep(0.05)
+            yield item
+
+    clock = loop.WaitClock()
+    for _ in clock.timed(slow_items()):
+        time.sleep(0.1)  # the consumer's own work is not waiting
+    assert 0.15 <= clock.waited < 0.25
+
+
+def test_epochs_report_the_share_of_time_spent_waiting_for_batches(data, monkeypatch):
+    quick = fit_fold(config(max_epochs=1), data, CPU).history[0]
+    gather = AugmentedImages.__getitems__
+
+    def slow_gather(self, request):
+        time.sleep(0.1)
+        return gather(self, request)
+
+    monkeypatch.setattr(AugmentedImages, "__getitems__", slow_gather)
+    slow = fit_fold(config(max_epochs=1), data, CPU).history[0]
+    assert 0 < quick.data_wait < slow.data_wait < 1
+    assert slow.data_wait > 0.5  # a tiny model's steps take milliseconds, each batch 100 ms
+    assert waiting(slow.data_wait).endswith("waiting for data)") and waiting(0.05) == ""
 
 
 def test_nan_loss_raises_diverged(data, monkeypatch):
