@@ -2,7 +2,7 @@
 # The GPU figures of BENCHMARKS.md: the gpu-marked tests and the benchmarks, each step under its
 # own time limit, each step's output kept in LOG_DIR/<step>.log.
 #   bench/gpu.sh LOG_DIR tests throughput           # the steps to run, in order
-# Steps: tests throughput effnet heavy packing naive gap profile
+# Steps: tests throughput effnet heavy packing naive gap profile gpuaug
 set -u
 log=${1:?LOG_DIR}; shift
 mkdir -p "$log"
@@ -32,6 +32,9 @@ for what in "$@"; do
          step gap-graphs 200 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --compile reduce-overhead "${photos[@]}" ;;
     # Where the trial's time goes (torch.profiler over epoch 2): host time by op, GPU busy, host waits.
     profile) step profile 200 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 3 --profile "${photos[@]}" ;;
+    # The augmentation in batch on the GPU (train.augment_on: gpu) against the workers' figures above.
+    gpuaug) step gpuaug-heavy 120 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --augment heavy --augment-on gpu --epochs 4 "${photos[@]}"
+            step gpuaug-light 120 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --augment-on gpu --epochs 4 --loader-workers 4 "${photos[@]}" ;;
     naive) step naive 300 python3 bench/naive_vs_hpo.py --image-size 128 --naive-workers 8 ;;
     *) echo "unknown step: $what"; exit 2 ;;
     esac

@@ -38,6 +38,7 @@ from _common import recipe, tiled, write_photos  # noqa: E402
 
 from hpo.data import cache  # noqa: E402
 from hpo.data.augment import build_pipeline, preset_ops  # noqa: E402
+from hpo.data.batch_augment import BatchAugment, split_ops  # noqa: E402
 from hpo.data.formats import load_table  # noqa: E402
 from hpo.data.loader import loader_workers, on_device, opencv_threads, side_stream, train_loader  # noqa: E402
 from hpo.objective import pick_device  # noqa: E402
@@ -98,7 +99,8 @@ def niced(increment: int) -> None:
 def trial_recipe(args: argparse.Namespace):
     ops = tuple(AugmentOp(name, m, p) for name, (m, p) in preset_ops(args.augment).items())
     return recipe(args.backbone, args.image_size, args.batch_size, args.epochs, augment=ops,
-                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), compile=args.compile)
+                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), compile=args.compile,
+                  augment_on=args.augment_on)
 
 
 def real_trial(args: argparse.Namespace, device: torch.device, images: np.ndarray, labels: np.ndarray,
@@ -165,12 +167,13 @@ def loader_alone(args: argparse.Namespace, device: torch.device, images: np.ndar
     cfg = trial_recipe(args)
     mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
-    loader = train_loader(images, labels, np.arange(len(labels)), build_pipeline(cfg.augment, cfg.image_size, 0),
+    in_workers, on_gpu = split_ops(cfg.augment, cfg.augment_on, device)
+    loader = train_loader(images, labels, np.arange(len(labels)), build_pipeline(in_workers, cfg.image_size, 0),
                           cfg.batch_size, 0, device)
-    side = side_stream(device)
+    side, augment = side_stream(device), BatchAugment(on_gpu, device, 0) if on_gpu else None
     for _ in range(2):  # the first epoch starts the workers
         seen, started = 0, time.perf_counter()
-        for _, y in on_device(loader, device, mean, std, side):
+        for _, y in on_device(loader, device, mean, std, side, augment):
             seen += len(y)
         sync(device)
     del loader
@@ -227,6 +230,8 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=None)
     parser.add_argument("--augment", default="light", help="augmentation preset: none, light, medium, heavy")
     parser.add_argument("--compile", default="off", help="torch.compile mode, or off")
+    parser.add_argument("--augment-on", default="workers", choices=["workers", "gpu"],
+                        help="where the trial augments (the study's train.augment_on)")
     parser.add_argument("--profile", action="store_true",
                         help="then profile one more trial's second epoch (torch.profiler): host time, GPU busy, host waits")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "hpo-bench-photos")
@@ -238,7 +243,7 @@ def main() -> None:
     args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (10 if gpu else 2)
     name = torch.cuda.get_device_name(device) if gpu else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device: {name}; torch {torch.__version__}; {args.backbone} at {args.image_size} px, batch"
-          f" {args.batch_size}, augment {args.augment}, compile {args.compile}", flush=True)
+          f" {args.batch_size}, augment {args.augment} on the {args.augment_on}, compile {args.compile}", flush=True)
 
     per_class = -(-args.images // CLASSES)
     root = write_photos(args.data / f"{CLASSES}x{per_class}", CLASSES, per_class)
@@ -260,7 +265,8 @@ def main() -> None:
     repeat = args.repeat or (-(-60 * args.batch_size // len(table)) if gpu else 1)
     images, labels = tiled(images, table.labels, repeat, args.data)
     print(f"trial data: {len(labels)} images ({len(table)} photos x {repeat}),"
-          f" {loader_workers(device, args.augment != 'none')} loader workers", flush=True)
+          f" {loader_workers(device, bool(split_ops(trial_recipe(args).augment, args.augment_on, device)[0]))}"
+          " loader workers", flush=True)
     feed = loader_alone(args, device, images, labels)
     print(f"(c) loader alone: {feed:.1f} images/s", flush=True)
 

@@ -173,6 +173,9 @@ class TrainSpec(_Model):
     """How trials run on the machine; not searched, and not part of the recipe's results."""
 
     compile: str = Field("off", description="torch.compile mode, or off")
+    augment_on: Literal["workers", "gpu"] = Field(
+        "workers", description="augmentation image by image in the loader's workers (albumentations), or in"
+        " batch on the GPU (hpo.data.batch_augment; without a GPU, and for ops without a batch version, the workers)")
 
     @field_validator("compile", mode="before")
     @classmethod

@@ -416,6 +416,7 @@ def trial_config(trial: optuna.Trial, spec: Any) -> TrainConfig:
         label_options={key: suggest(trial, f"labels.{key}", p) for key, p in space.labels.items()},
         accumulate=int(suggest(trial, "accumulate", space.accumulate)),
         compile=spec.train.compile,
+        augment_on=spec.train.augment_on,
         mean=spec.data.mean,
         std=spec.data.std,
     )

@@ -69,6 +69,7 @@ def spec_error(image_root: Path, tmp_path: Path, **changes) -> str:
         ({"epochs": 3}, "epochs: unknown key; use one of: name, direction, metric, seed"),
         ({"search__accumulate": 0}, "search.accumulate: 0 is not an integer in [1, 1024]"),
         ({"train__compile": "fastest"}, "train.compile: 'fastest' is not a torch.compile mode; use true, false or one of"),
+        ({"train__augment_on": "tpu"}, "train.augment_on: Input should be 'workers' or 'gpu'"),
         ({"tracking__wandb": "proj"}, "tracking.wandb: unknown key; use one of: tensorboard"),
         *[({"data__normalization": bad}, "data.normalization: ") for bad in (
             "imagenet21k", {"mean": [0.5, 0.5]}, {"mean": "a", "std": [1, 1, 1]},

@@ -7,7 +7,7 @@ import itertools
 import logging
 import os
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import albumentations as A
@@ -268,10 +268,14 @@ def train_loader(
 
 
 def to_input(
-    images: torch.Tensor, device: torch.device, mean: torch.Tensor, std: torch.Tensor
+    images: torch.Tensor, device: torch.device, mean: torch.Tensor, std: torch.Tensor,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """uint8 NHWC on the host -> normalised float NCHW on the device (channels_last on CUDA)."""
+    """uint8 NHWC on the host -> normalised float NCHW on the device (channels_last on CUDA);
+    ``augment`` (hpo.data.batch_augment) works on the batch in [0, 1] before normalisation."""
     x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+    if augment is not None:
+        x = augment(x)
     x = x.sub_(mean).div_(std)
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x.contiguous()
 
@@ -289,20 +293,21 @@ def on_device(
     mean: torch.Tensor,
     std: torch.Tensor,
     side: torch.cuda.Stream | None = None,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(normalised images, labels) on the device. On CUDA one batch ahead, copied and normalised
-    on the ``side`` stream (see side_stream), so that the copy of the next batch overlaps the
-    training step of this one instead of waiting in line with its kernels."""
+    """(normalised images, labels) on the device. On CUDA one batch ahead, copied, augmented
+    (``augment``) and normalised on the ``side`` stream (see side_stream), so that the next batch's
+    preparation overlaps the training step of this one instead of waiting in line with its kernels."""
     if side is None:
         for images, labels in batches:
-            yield to_input(images, device, mean, std), labels.to(device)
+            yield to_input(images, device, mean, std, augment), labels.to(device)
         return
     main = torch.cuda.current_stream(device)
     side.wait_stream(main)  # mean and std were made on the main stream
     ahead = None
     for images, labels in batches:
         with torch.cuda.stream(side):
-            x, y = to_input(images, device, mean, std), labels.to(device, non_blocking=True)
+            x, y = to_input(images, device, mean, std, augment), labels.to(device, non_blocking=True)
             copied = side.record_event()
         if ahead is not None:
             yield _hand_over(*ahead, main)

@@ -52,6 +52,7 @@ class TrainConfig:
     label_options: dict[str, Any] = field(default_factory=dict)  # training labels, e.g. age_boundary
     accumulate: int = 1  # batches per optimizer step: effective batch = batch_size x accumulate
     compile: str = "off"  # torch.compile mode (default, reduce-overhead, max-autotune) or off
+    augment_on: str = "workers"  # augment image by image in loader workers, or "gpu": in batch there
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (lists, dicts, scalars), ready for YAML or JSON."""

@@ -17,6 +17,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
 from hpo.data.augment import build_pipeline
+from hpo.data.batch_augment import BatchAugment, split_ops
 from hpo.data.loader import on_device, side_stream, to_input, train_loader
 from hpo.errors import ConfigError, TrainingDiverged
 from hpo.train.config import TrainConfig
@@ -242,6 +243,7 @@ class _Epochs:
     device: torch.device
     val_targets: torch.Tensor  # the validation labels, on the device once per fold
     side: torch.cuda.Stream | None  # batches are copied on it (on_device)
+    augment: BatchAugment | None  # the ops that run on the GPU, in batch
     next_epoch: Iterator | None = None  # the loader's next epoch, set going early (prepare_next)
 
     def prepare_next(self) -> None:
@@ -262,7 +264,7 @@ class _Epochs:
         seen, started = 0, time.perf_counter()
         clock = WaitClock()
         for batch, (x, y) in enumerate(clock.timed(on_device(self._this_epoch(), self.device, self.mean,
-                                                             self.std, self.side))):
+                                                             self.std, self.side, self.augment))):
             x, y_mixed, lam = self.mixer(x, y)
             with self.autocast():
                 logits = self.forward(x)
@@ -294,7 +296,8 @@ def _epochs(cfg: TrainConfig, data: FoldData, device: torch.device, seed: int) -
     model = to_device(create_model(cfg.backbone, cfg.pretrained, data.num_classes, cfg.head, data.factors,
                                    cfg.image_size), device)
     optimizer = build_optimizer(cfg.optimizer.name, cfg.optimizer.args, model, cfg.lr, cfg.weight_decay)
-    loader = train_loader(data.images, data.fit_labels, data.train_idx, build_pipeline(cfg.augment, cfg.image_size, seed),
+    in_workers, on_gpu = split_ops(cfg.augment, cfg.augment_on, device)
+    loader = train_loader(data.images, data.fit_labels, data.train_idx, build_pipeline(in_workers, cfg.image_size, seed),
                           cfg.batch_size, seed, device, cfg.sampling)
     autocast, scaler = autocast_for(device)
     stepper = Stepper(optimizer, scaler, cfg.accumulate, len(loader))
@@ -308,7 +311,8 @@ def _epochs(cfg: TrainConfig, data: FoldData, device: torch.device, seed: int) -
     std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
     epochs = _Epochs(model, compiled(model, cfg.compile), loader, stepper, criterion,
                      Mixer(cfg.mixup, cfg.cutmix, seed), autocast, mean, std, device,
-                     torch.as_tensor(data.val_labels, device=device), side_stream(device))
+                     torch.as_tensor(data.val_labels, device=device), side_stream(device),
+                     BatchAugment(on_gpu, device, seed) if on_gpu else None)
     return epochs, schedule
 
 

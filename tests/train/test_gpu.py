@@ -4,6 +4,7 @@ back after a trial. Skipped, visibly, without a CUDA device (CI has none)."""
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import optuna
 import pytest
@@ -118,13 +119,40 @@ def host_syncs(run) -> int:
     return sum("synchronizing CUDA operation" in str(w.message) for w in caught)
 
 
-def test_training_steps_do_not_wait_for_the_gpu(data, monkeypatch):
+HEAVY = (AugmentOp("hflip", 0.0, 0.5), AugmentOp("shift_scale_rotate", 0.6, 0.7), AugmentOp("hue_saturation", 0.5, 0.5),
+         AugmentOp("blur", 0.5, 0.2), AugmentOp("noise", 0.5, 0.2), AugmentOp("coarse_dropout", 0.6, 0.5),
+         AugmentOp("clahe", 0.5, 0.2))
+
+
+@pytest.mark.parametrize("augment_on", ["workers", "gpu"])
+def test_training_steps_do_not_wait_for_the_gpu(data, monkeypatch, augment_on):
     """The host queues a step's kernels and goes on to the next batch: twice the batches must not
-    add a single sync (the loss is read once per epoch; evaluation and set-up are per fold)."""
+    add a single sync (the loss is read once per epoch; evaluation and set-up are per fold).
+    Loader workers, the pinned ring and the side stream; with "gpu" the batch ops too."""
     monkeypatch.delenv("HPO_LOADER_WORKERS", raising=False)
-    augment = (AugmentOp("hflip", 0.0, 0.5),)  # loader workers, pinned ring, side stream
-    fit_fold(config(max_epochs=1, batch_size=8, augment=augment), data, GPU)  # warm: cuDNN, cuBLAS
-    few = host_syncs(lambda: fit_fold(config(max_epochs=2, batch_size=8, augment=augment), data, GPU))
-    many = host_syncs(lambda: fit_fold(config(max_epochs=2, batch_size=4, augment=augment), data, GPU))
+    recipe = config(max_epochs=2, augment=HEAVY, augment_on=augment_on)
+    fit_fold(replace(recipe, max_epochs=1), data, GPU)  # warm: cuDNN, cuBLAS
+    few = host_syncs(lambda: fit_fold(replace(recipe, batch_size=8), data, GPU))
+    many = host_syncs(lambda: fit_fold(replace(recipe, batch_size=4), data, GPU))
     assert len(data.train_idx) // 4 >= 2 * (len(data.train_idx) // 8) >= 4  # the premise: twice the steps
     assert many == few, (few, many)
+
+
+def test_augments_on_the_gpu_in_batch(data, monkeypatch):
+    """train.augment_on: gpu: the ops with a batch version run on the GPU, CLAHE alone in the
+    loader's workers; the trial learns as with albumentations."""
+    monkeypatch.delenv("HPO_LOADER_WORKERS", raising=False)
+    from hpo.data.batch_augment import BatchAugment
+
+    calls = []
+    apply = BatchAugment.__call__
+
+    def counted(self, x):
+        calls.append((self.names, x.device.type))
+        return apply(self, x)
+
+    monkeypatch.setattr(BatchAugment, "__call__", counted)
+    result = fit_fold(config(max_epochs=4, lr=1e-2, augment=HEAVY, augment_on="gpu"), data, GPU)
+    assert result.best_f1 >= 0.9
+    assert calls and all(device == "cuda" for _, device in calls)
+    assert calls[0][0] == [op.name for op in HEAVY if op.name != "clahe"]

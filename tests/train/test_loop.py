@@ -113,6 +113,15 @@ def test_epochs_report_the_share_of_time_spent_waiting_for_batches(data, monkeyp
     assert waiting(slow.data_wait).endswith("waiting for data)") and waiting(0.05) == ""
 
 
+def test_augmenting_on_the_gpu_without_one_is_albumentations_in_the_workers(data):
+    """Without a GPU the batch ops would be slower than albumentations: the same trial, the same
+    augmentations, the same result."""
+    ops = (AugmentOp("hflip", 0.0, 0.5), AugmentOp("noise", 0.5, 0.5))
+    asked = fit_fold(config(max_epochs=2, augment=ops, augment_on="gpu"), data, CPU)
+    usual = fit_fold(config(max_epochs=2, augment=ops), data, CPU)
+    assert [e.train_loss for e in asked.history] == [e.train_loss for e in usual.history]
+
+
 def test_nan_loss_raises_diverged(data, monkeypatch):
     class NanLoss(torch.nn.Module):
         def forward(self, logits, target):

@@ -1,0 +1,221 @@
+"""The augmentation ops again, for a whole batch on the GPU, one registry entry each.
+
+``train.augment_on: gpu`` in the study file runs every op that has an entry here on the GPU, on
+the batch as it arrives (float in [0, 1], NCHW, before normalisation), instead of image by image
+in the loader's worker processes: a heavy preset costs 0.3-0.7 ms of a CPU core per image and op
+(BENCHMARKS.md), which a GPU does for a whole batch in a fraction of a training step. Ops
+without an entry (CLAHE) stay in the workers and run first. Without a GPU every op stays with
+albumentations: on the CPU these float ops cost 1-10 ms per image, albumentations' uint8 ones
+0.01-0.7 ms.
+
+Each entry mirrors its albumentations twin in ``hpo.data.augment``: same magnitude -> range
+mapping, same probability, drawn per image from the trial's seeded generator on the device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from hpo.registry import Registry
+from hpo.train.config import AugmentOp
+
+# (magnitude, p) -> op; an op maps (batch, generator) -> the augmented batch, same shape.
+BatchOp = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+BATCH_OPS: Registry = Registry("batch augmentation")
+
+
+def _uniform(low: float | torch.Tensor, high: float | torch.Tensor, n: int, gen: torch.Generator,
+             device: torch.device) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=gen, device=device)
+
+
+def _applied(x: torch.Tensor, changed: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    """``changed`` for a share ``p`` of the images (each drawn on its own), ``x`` for the rest."""
+    chosen = torch.rand(len(x), generator=gen, device=x.device) < p
+    return torch.where(chosen.view(-1, 1, 1, 1), changed, x)
+
+
+@BATCH_OPS.register("hflip")
+def hflip(magnitude: float, p: float) -> BatchOp:
+    return lambda x, gen: _applied(x, x.flip(3), p, gen)
+
+
+@BATCH_OPS.register("vflip")
+def vflip(magnitude: float, p: float) -> BatchOp:
+    return lambda x, gen: _applied(x, x.flip(2), p, gen)
+
+
+def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Each image sampled at ``theta`` (N x 2 x 3: output -> input, coordinates in [-1, 1]);
+    outside the image is black, as albumentations' constant border."""
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+@BATCH_OPS.register("shift_scale_rotate")
+def shift_scale_rotate(magnitude: float, p: float) -> BatchOp:
+    m = 0.05 + 0.25 * magnitude  # as A.Affine in hpo.data.augment
+
+    def op(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        n, device = len(x), x.device
+        angle = torch.deg2rad(_uniform(-90 * m, 90 * m, n, gen, device))
+        scale = _uniform(1 - m, 1 + m, n, gen, device)
+        shift = 2 * _uniform(-m / 2, m / 2, 2 * n, gen, device).view(n, 2)  # a share of the side, in [-1, 1] units
+        # The image is rotated, scaled, then shifted; theta maps back: R(-angle) (out - shift) / scale.
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        inverse = torch.stack([torch.stack([cos, sin], 1), torch.stack([-sin, cos], 1)], 1)
+        theta = torch.cat([inverse, -(inverse @ shift.unsqueeze(2))], 2)
+        return _applied(x, _warp(x, theta), p, gen)
+
+    return op
+
+
+@BATCH_OPS.register("random_resized_crop")
+def random_resized_crop(magnitude: float, p: float) -> BatchOp:
+    smallest = 1 - 0.6 * magnitude  # share of the area kept, as A.RandomResizedCrop in hpo.data.augment
+
+    def op(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        n, device = len(x), x.device
+        area = _uniform(smallest, 1.0, n, gen, device)
+        # The aspect ratio in [3/4, 4/3] (albumentations' default), drawn among those that fit
+        # the area inside the image (albumentations redraws, then falls back to the whole image).
+        low, high = area.clamp(min=3 / 4).log(), (1 / area).clamp(max=4 / 3).log()
+        ratio = torch.exp(_uniform(low, high, n, gen, device))
+        width, height = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)
+        centre_x, centre_y = _uniform(width - 1, 1 - width, n, gen, device), _uniform(height - 1, 1 - height, n, gen, device)
+        zero = torch.zeros_like(width)
+        theta = torch.stack([torch.stack([width, zero, centre_x], 1), torch.stack([zero, height, centre_y], 1)], 1)
+        return _applied(x, _warp(x, theta), p, gen)
+
+    return op
+
+
+@BATCH_OPS.register("brightness_contrast")
+def brightness_contrast(magnitude: float, p: float) -> BatchOp:
+    m = 0.05 + 0.35 * magnitude
+
+    def op(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        n, device = len(x), x.device
+        alpha = 1 + _uniform(-m, m, n, gen, device).view(-1, 1, 1, 1)
+        beta = _uniform(-m, m, n, gen, device).view(-1, 1, 1, 1)
+        return _applied(x, (x * alpha + beta).clamp(0, 1), p, gen)
+
+    return op
+
+
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    """NCHW RGB in [0, 1] -> hue, saturation, value, each in [0, 1]."""
+    value, top = x.max(1)
+    spread = value - x.min(1).values
+    safe = spread.clamp(min=1e-8)
+    r, g, b = x.unbind(1)
+    hue = torch.where(top == 0, (g - b) / safe, torch.where(top == 1, (b - r) / safe + 2, (r - g) / safe + 4))
+    hue = torch.where(spread > 0, hue / 6 % 1, torch.zeros_like(hue))
+    return torch.stack([hue, spread / value.clamp(min=1e-8), value], 1)
+
+
+def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    hue, saturation, value = hsv.unbind(1)
+    channel = torch.arange(5.0, 0.0, -2.0, device=hsv.device).view(1, 3, 1, 1)  # R, G, B; made there, no copy
+    k = (channel + 6 * hue.unsqueeze(1)) % 6
+    ramp = torch.minimum(k, 4 - k).clamp(0, 1)
+    return value.unsqueeze(1) * (1 - saturation.unsqueeze(1) * ramp)
+
+
+@BATCH_OPS.register("hue_saturation")
+def hue_saturation(magnitude: float, p: float) -> BatchOp:
+    # albumentations' limits on uint8: hue in OpenCV's units (180 a turn), the others of 255.
+    hue_limit, sat_limit, val_limit = (5 + 25 * magnitude) / 180, (5 + 35 * magnitude) / 255, (5 + 25 * magnitude) / 255
+
+    def op(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        n, device = len(x), x.device
+        shift = torch.stack([_uniform(-hue_limit, hue_limit, n, gen, device), _uniform(-sat_limit, sat_limit, n, gen, device),
+                             _uniform(-val_limit, val_limit, n, gen, device)], 1).view(n, 3, 1, 1)
+        hsv = rgb_to_hsv(x) + shift
+        hsv = torch.cat([hsv[:, :1] % 1, hsv[:, 1:].clamp(0, 1)], 1)
+        return _applied(x, hsv_to_rgb(hsv), p, gen)
+
+    return op
+
+
+@BATCH_OPS.register("blur")
+def blur(magnitude: float, p: float) -> BatchOp:
+    most = 0.5 + 2.0 * magnitude
+    radius = math.ceil(3 * most)  # one kernel size for the batch: each image's own sigma inside it
+
+    def op(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        n, c, h, w = x.shape
+        sigma = _uniform(0.1, most, n, gen, x.device).view(n, 1)
+        offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+        kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+        kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (n * c) x taps
+        # Separable, one group per image and channel; borders mirrored, as OpenCV's default.
+        flat = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="reflect")
+        flat = F.conv2d(flat, kernel.view(n * c, 1, 1, -1), groups=n * c)
+        flat = F.conv2d(flat, kernel.view(n * c, 1, -1, 1), groups=n * c)
+        return _applied(x, flat.view(n, c, h, w).clamp(0, 1), p, gen)  # rounding may pass 1
+
+    return op
+
+
+@BATCH_OPS.register("noise")
+def noise(magnitude: float, p: float) -> BatchOp:
+    high = 0.02 + 0.15 * magnitude  # the noise's standard deviation, a share of the full scale
+
+    def op(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        std = _uniform(0.01, high, len(x), gen, x.device).view(-1, 1, 1, 1)
+        grain = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        return _applied(x, (x + std * grain).clamp(0, 1), p, gen)
+
+    return op
+
+
+@BATCH_OPS.register("coarse_dropout")
+def coarse_dropout(magnitude: float, p: float) -> BatchOp:
+    side, most = 0.05 + 0.25 * magnitude, 1 + round(4 * magnitude)
+
+    def op(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        device = x.device
+        holes = torch.randint(1, most + 1, (n, 1), generator=gen, device=device)
+        used = torch.arange(most, device=device).view(1, most) < holes  # n x most
+        size_y = _uniform(side / 2, side, n * most, gen, device).view(n, most)
+        size_x = _uniform(side / 2, side, n * most, gen, device).view(n, most)
+        top = _uniform(0, 1 - size_y.flatten(), n * most, gen, device).view(n, most)
+        left = _uniform(0, 1 - size_x.flatten(), n * most, gen, device).view(n, most)
+        rows = ((torch.arange(h, device=device) + 0.5) / h).view(1, 1, h, 1)
+        cols = ((torch.arange(w, device=device) + 0.5) / w).view(1, 1, 1, w)
+        inside = ((rows >= top[..., None, None]) & (rows < (top + size_y)[..., None, None])
+                  & (cols >= left[..., None, None]) & (cols < (left + size_x)[..., None, None]))
+        dropped = (inside & used[..., None, None]).any(1, keepdim=True)  # n x 1 x h x w
+        return _applied(x, x.masked_fill(dropped, 0.0), p, gen)
+
+    return op
+
+
+class BatchAugment:
+    """A trial's ops on the device, in order, drawing from one seeded generator there."""
+
+    def __init__(self, ops: Sequence[AugmentOp], device: torch.device, seed: int) -> None:
+        self.names = [op.name for op in ops]
+        self.ops = [BATCH_OPS.get(op.name)(op.magnitude, op.p) for op in ops]
+        self.generator = torch.Generator(device).manual_seed(seed)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for op in self.ops:
+            x = op(x, self.generator)
+        return x
+
+
+def split_ops(ops: Sequence[AugmentOp], augment_on: str,
+              device: torch.device) -> tuple[tuple[AugmentOp, ...], tuple[AugmentOp, ...]]:
+    """(ops for the loader's workers, ops for the GPU): with ``augment_on`` "gpu" and a CUDA
+    device, every op that has a batch version here; the rest (CLAHE) stay in the workers."""
+    if augment_on != "gpu" or device.type != "cuda":
+        return tuple(ops), ()
+    return (tuple(op for op in ops if op.name not in BATCH_OPS),
+            tuple(op for op in ops if op.name in BATCH_OPS))
