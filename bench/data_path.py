@@ -1,4 +1,5 @@
-"""What the data path costs per image on one core: the albumentations presets on uint8 images,
+"""What the data path costs per image on one core: the albumentations presets on uint8 images
+(op by op, with each op's batch version on the GPU, or the CPU where there is none),
 fetching batches from the decoded array whole (hpo) or image by image with a collate, and
 handing batches over from one loader worker process through hpo's shared ring of slots or as a
 fresh tensor per batch (DataLoader's usual way: a new shared-memory segment each time).
@@ -22,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import augment_rate, pipeline_rate  # noqa: E402
 
 from hpo.data.augment import build_pipeline, preset_ops  # noqa: E402
+from hpo.data.batch_augment import BATCH_OPS  # noqa: E402
 from hpo.data.loader import AugmentedImages, _whole_batch, train_loader  # noqa: E402
+from hpo.objective import pick_device  # noqa: E402
 from hpo.train.config import AugmentOp  # noqa: E402
 
 
@@ -36,13 +39,32 @@ class PerImage(AugmentedImages):
         return torch.from_numpy(np.ascontiguousarray(self.images[index])), int(self.labels[index])
 
 
-def op_costs(images: np.ndarray, preset: str, seconds: float = 1.0) -> None:
+def op_costs(images: np.ndarray, preset: str, device: torch.device, seconds: float = 1.0) -> None:
     """Milliseconds per image of each op of the preset, applied always (p = 1), and what it costs
-    on average at the preset's probability: what would be gained by moving it elsewhere."""
+    on average at the preset's probability: what would be gained by moving it elsewhere; and
+    its batch version's (train.augment_on: gpu) on ``device``, in batches of 128."""
+    batch = torch.from_numpy(images[:128]).to(device).permute(0, 3, 1, 2).float() / 255
     for name, (magnitude, p) in preset_ops(preset).items():
         pipeline = build_pipeline([AugmentOp(name, magnitude, 1.0)], images.shape[1], seed=0)
         ms = 1e3 / pipeline_rate(pipeline, images, seconds)
-        print(f"  {name:<20} {ms:.3f} ms per image, {p * ms:.3f} ms at p={p}", flush=True)
+        line = f"  {name:<20} {ms:.3f} ms per image, {p * ms:.3f} ms at p={p}"
+        if name in BATCH_OPS:
+            line += f"; in batch on {device.type}: {batch_op_ms(BATCH_OPS.get(name)(magnitude, 1.0), batch):.4f} ms"
+        print(line, flush=True)
+
+
+def batch_op_ms(op, batch: torch.Tensor, repeats: int = 5) -> float:
+    """Milliseconds per image of a batch op (waiting for the device to finish)."""
+    generator = torch.Generator(batch.device).manual_seed(0)
+    op(batch, generator)
+    if batch.device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        op(batch, generator)
+    if batch.device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - started) * 1e3 / (repeats * len(batch))
 
 
 def rate(loader: DataLoader, epochs: int = 5) -> float:
@@ -69,7 +91,7 @@ def main() -> None:
     print(f"one core, {args.image_size} px uint8 images", flush=True)
     for preset in ("light", "medium", "heavy"):
         print(f"augmentation {preset}: {augment_rate(images, preset, 4.0):.0f} images/s", flush=True)
-    op_costs(images, "heavy")
+    op_costs(images, "heavy", pick_device())
     per_image = DataLoader(PerImage(images, labels, everything, None), batch_size=args.batch_size, shuffle=True)
     print(f"batches image by image + collate: {rate(per_image):.0f} images/s", flush=True)
     whole = train_loader(images, labels, everything, None, args.batch_size, 0, torch.device("cpu"))
