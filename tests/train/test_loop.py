@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import f1_score
 
+from hpo.data.augment import build_pipeline
 from hpo.data.loader import AugmentedImages
 from hpo.errors import ConfigError, TrainingDiverged
 from hpo.progress import waiting
@@ -120,6 +122,25 @@ def test_augmenting_on_the_gpu_without_one_is_albumentations_in_the_workers(data
     asked = fit_fold(config(max_epochs=2, augment=ops, augment_on="gpu"), data, CPU)
     usual = fit_fold(config(max_epochs=2, augment=ops), data, CPU)
     assert [e.train_loss for e in asked.history] == [e.train_loss for e in usual.history]
+
+
+def test_the_batch_ops_run_in_the_epoch_loop_where_placed_on_the_device(data, monkeypatch):
+    """The GPU's path, wired through fit_fold, on CPU tensors: the ops placed on the device run
+    there on every batch, CLAHE in the loader, and the trial still learns."""
+    from hpo.data import batch_augment
+
+    ops = (AugmentOp("hflip", 0.0, 0.5), AugmentOp("hue_saturation", 0.5, 0.5), AugmentOp("clahe", 0.5, 0.2))
+    as_on_a_gpu = partial(batch_augment.split_ops, device=torch.device("cuda"))
+    monkeypatch.setattr(loop, "split_ops", lambda ops, augment_on, device: as_on_a_gpu(ops, augment_on))
+    calls, apply = [], batch_augment.BatchAugment.__call__
+    monkeypatch.setattr(batch_augment.BatchAugment, "__call__",
+                        lambda self, x: calls.append(self.names) or apply(self, x))
+    pipelines = []
+    monkeypatch.setattr(loop, "build_pipeline", lambda ops, *args: pipelines.append(ops) or build_pipeline(ops, *args))
+    result = fit_fold(config(max_epochs=3, lr=1e-2, augment=ops, augment_on="gpu"), data, CPU)
+    assert result.best_f1 >= 0.9
+    assert pipelines == [(ops[2],)]
+    assert calls == [["hflip", "hue_saturation"]] * (3 * (len(data.train_idx) // 8))
 
 
 def test_nan_loss_raises_diverged(data, monkeypatch):
