@@ -3,6 +3,7 @@ plan, seed trials enqueued. Shared by `hpo run`, `hpo worker`, `hpo enqueue` and
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,8 @@ from hpo.train.loop import compile_backend
 from hpo.train.losses import build_loss
 from hpo.train.models import build_freeze, check_head, check_input_size, create_model, takes_img_size
 from hpo.train.optim import build_optimizer, build_schedule
+
+log = logging.getLogger(__name__)
 
 # Trials that count towards the budget. A FAIL (a crash, or a worker that died) does not: it is
 # retried or replaced, so the study still ends with its full budget of results.
@@ -123,6 +126,9 @@ def check_environment(spec: StudySpec) -> None:
     env_int("HPO_THREADS", 1)
     if spec.train.compile != "off":
         compile_backend()
+    if spec.train.augment_on == "gpu" and not torch.cuda.is_available():
+        log.warning("train.augment_on: gpu, and this machine has no GPU: its trials augment in the loader"
+                    " (albumentations), as with augment_on: workers")
 
 
 def prepare(spec: StudySpec) -> tuple[ImageTable, np.ndarray]:

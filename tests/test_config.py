@@ -147,6 +147,17 @@ def test_bad_environment_knobs_fail_before_the_study_starts(image_root, tmp_path
         prepare(parse_spec(tiny_study(image_root, tmp_path, train={"compile": "default"})))
 
 
+def test_augmenting_on_the_gpu_without_one_says_so_before_the_study_starts(image_root, tmp_path, monkeypatch, caplog):
+    from hpo.study import prepare
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    prepare(parse_spec(tiny_study(image_root, tmp_path, train={"augment_on": "gpu"})))
+    assert "train.augment_on: gpu, and this machine has no GPU" in caplog.text
+    caplog.clear()
+    prepare(parse_spec(tiny_study(image_root, tmp_path)))
+    assert "augment_on" not in caplog.text
+
+
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("optimizer", {"choose": {"adamw": {}, "sgd": {"momentum": {"low": -5, "high": 0.9}}}},
      "search.optimizer: sgd refuses {'momentum': -5.0} (ValueError: Invalid momentum value: -5.0)"),

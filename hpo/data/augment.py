@@ -2,6 +2,8 @@
 
 An op factory takes (magnitude in [0, 1], probability p) and returns an albumentations transform.
 Magnitude 0 is the mildest useful setting, 1 the strongest we consider sane for photos.
+``hpo.data.batch_augment`` holds a torch twin of most ops, run in batch on the GPU when the
+study says ``train.augment_on: gpu``; an op without a twin always runs here.
 """
 
 from __future__ import annotations
