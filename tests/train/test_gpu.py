@@ -156,3 +156,16 @@ def test_augments_on_the_gpu_in_batch(data, monkeypatch):
     assert result.best_f1 >= 0.9
     assert calls and all(device == "cuda" for _, device in calls)
     assert calls[0][0] == [op.name for op in HEAVY if op.name != "clahe"]
+
+
+def test_evaluation_from_images_kept_on_the_gpu_equals_the_host_path(data):
+    from hpo.train.loop import host_batches, kept_on_gpu, predict_logits
+    from hpo.train.models import create_model, to_device
+
+    kept = kept_on_gpu(data.images, data.val_idx, GPU)
+    assert kept is not None and kept.device.type == "cuda" and len(kept) == len(data.val_idx)
+    model = to_device(create_model("test_resnet", False, data.num_classes), GPU)
+    half = torch.full((1, 3, 1, 1), 0.5, device=GPU)
+    on_gpu = predict_logits(model, kept.split(16), GPU, half, half)
+    from_host = predict_logits(model, host_batches(data.images, data.val_idx, 16), GPU, half, half)
+    assert torch.allclose(on_gpu, from_host, atol=1e-5)

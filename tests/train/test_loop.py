@@ -143,6 +143,13 @@ def test_the_batch_ops_run_in_the_epoch_loop_where_placed_on_the_device(data, mo
     assert calls == [["hflip", "hue_saturation"]] * (3 * (len(data.train_idx) // 8))
 
 
+def test_validation_images_stay_on_the_gpu_only_where_they_fit(data, monkeypatch):
+    nbytes = len(data.val_idx) * data.images[0].nbytes
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (20 * nbytes - 1, 80 * 2**30))
+    assert loop.kept_on_gpu(data.images, data.val_idx, torch.device("cuda")) is None  # a twentieth of free, less a byte
+    assert loop.kept_on_gpu(data.images, data.val_idx, CPU) is None  # the CPU evaluates from the memory map
+
+
 def test_nan_loss_raises_diverged(data, monkeypatch):
     class NanLoss(torch.nn.Module):
         def forward(self, logits, target):
@@ -162,7 +169,7 @@ def test_keep_best_state_holds_the_best_epochs_weights(data):
     model = create_model(cfg.backbone, False, data.num_classes)
     model.load_state_dict(result.best_state)
     half = torch.full((1, 3, 1, 1), 0.5)
-    logits = predict_logits(model, data.images, data.val_idx, 64, CPU, half, half)
+    logits = predict_logits(model, loop.host_batches(data.images, data.val_idx, 64), CPU, half, half)
     f1 = f1_score(data.val_labels, logits.argmax(1).numpy(), average="macro", labels=range(data.num_classes))
     assert f1 == pytest.approx(result.best_f1, abs=1e-6)
 
