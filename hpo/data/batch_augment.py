@@ -56,22 +56,33 @@ def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def affine_theta(m: float, n: int, height: int, width: int, gen: torch.Generator,
+                 device: torch.device) -> torch.Tensor:
+    """Per image, as A.Affine(translate_percent=±m/2, scale=1±m, rotate=±90m degrees) draws it
+    (x and y scaled apart: its keep_ratio is off): theta for _warp, which maps back from the
+    output, in [-1, 1] units of each axis (the rotation is made in pixels, then converted)."""
+    angle = torch.deg2rad(_uniform(-90 * m, 90 * m, n, gen, device))
+    scale = _uniform(1 - m, 1 + m, 2 * n, gen, device).view(n, 2, 1)
+    shift = 2 * _uniform(-m / 2, m / 2, 2 * n, gen, device).view(n, 2, 1)  # a share of the side
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # Scaled, rotated, then shifted: out = R S in + shift, so in = S^-1 R^-1 (out - shift).
+    inverse = torch.stack([torch.stack([cos, sin], 1), torch.stack([-sin, cos], 1)], 1) / scale
+    inverse[:, 0, 1] *= height / width  # from pixels to each axis' [-1, 1]
+    inverse[:, 1, 0] *= width / height
+    return torch.cat([inverse, -(inverse @ shift)], 2)
+
+
 @BATCH_OPS.register("shift_scale_rotate")
 def shift_scale_rotate(magnitude: float, p: float) -> BatchOp:
     m = 0.05 + 0.25 * magnitude  # as A.Affine in hpo.data.augment
 
     def op(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        n, device = len(x), x.device
-        angle = torch.deg2rad(_uniform(-90 * m, 90 * m, n, gen, device))
-        scale = _uniform(1 - m, 1 + m, n, gen, device)
-        shift = 2 * _uniform(-m / 2, m / 2, 2 * n, gen, device).view(n, 2)  # a share of the side, in [-1, 1] units
-        # The image is rotated, scaled, then shifted; theta maps back: R(-angle) (out - shift) / scale.
-        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        inverse = torch.stack([torch.stack([cos, sin], 1), torch.stack([-sin, cos], 1)], 1)
-        theta = torch.cat([inverse, -(inverse @ shift.unsqueeze(2))], 2)
-        return _applied(x, _warp(x, theta), p, gen)
+        return _applied(x, _warp(x, affine_theta(m, len(x), x.shape[2], x.shape[3], gen, x.device)), p, gen)
 
     return op
+
+
+TRIES = 10  # RandomResizedCrop's draws before it takes the whole image
 
 
 @BATCH_OPS.register("random_resized_crop")
@@ -79,13 +90,17 @@ def random_resized_crop(magnitude: float, p: float) -> BatchOp:
     smallest = 1 - 0.6 * magnitude  # share of the area kept, as A.RandomResizedCrop in hpo.data.augment
 
     def op(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        n, device = len(x), x.device
-        area = _uniform(smallest, 1.0, n, gen, device)
-        # The aspect ratio in [3/4, 4/3] (albumentations' default), drawn among those that fit
-        # the area inside the image (albumentations redraws, then falls back to the whole image).
-        low, high = area.clamp(min=3 / 4).log(), (1 / area).clamp(max=4 / 3).log()
-        ratio = torch.exp(_uniform(low, high, n, gen, device))
-        width, height = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)
+        n, device, (h, w) = len(x), x.device, x.shape[2:]
+        # As albumentations: up to 10 draws of an area and an aspect ratio in [3/4, 4/3], the
+        # first whose crop fits in the image, else the whole image. All 10 at once, on the device.
+        area = _uniform(smallest, 1.0, n * TRIES, gen, device).view(n, TRIES)
+        ratio = torch.exp(_uniform(math.log(3 / 4), math.log(4 / 3), n * TRIES, gen, device)).view(n, TRIES)
+        widths, heights = (area * ratio * h / w).sqrt(), (area / ratio * w / h).sqrt()  # shares of each side
+        fits = (widths <= 1) & (heights <= 1)
+        first = fits.int().argmax(1, keepdim=True)
+        found = fits.any(1)
+        width = torch.where(found, widths.gather(1, first).squeeze(1), 1.0)
+        height = torch.where(found, heights.gather(1, first).squeeze(1), 1.0)
         centre_x, centre_y = _uniform(width - 1, 1 - width, n, gen, device), _uniform(height - 1, 1 - height, n, gen, device)
         zero = torch.zeros_like(width)
         theta = torch.stack([torch.stack([width, zero, centre_x], 1), torch.stack([zero, height, centre_y], 1)], 1)
@@ -135,8 +150,11 @@ def hue_saturation(magnitude: float, p: float) -> BatchOp:
         n, device = len(x), x.device
         shift = torch.stack([_uniform(-hue_limit, hue_limit, n, gen, device), _uniform(-sat_limit, sat_limit, n, gen, device),
                              _uniform(-val_limit, val_limit, n, gen, device)], 1).view(n, 3, 1, 1)
-        hsv = rgb_to_hsv(x) + shift
-        hsv = torch.cat([hsv[:, :1] % 1, hsv[:, 1:].clamp(0, 1)], 1)
+        before = rgb_to_hsv(x)
+        hsv = before + shift
+        # Grey stays grey, as in albumentations: no saturation to add where there was none.
+        saturation = hsv[:, 1:2].clamp(0, 1).masked_fill(before[:, 1:2] == 0, 0.0)
+        hsv = torch.cat([hsv[:, :1] % 1, saturation, hsv[:, 2:].clamp(0, 1)], 1)
         return _applied(x, hsv_to_rgb(hsv), p, gen)
 
     return op
@@ -145,10 +163,12 @@ def hue_saturation(magnitude: float, p: float) -> BatchOp:
 @BATCH_OPS.register("blur")
 def blur(magnitude: float, p: float) -> BatchOp:
     most = 0.5 + 2.0 * magnitude
-    radius = math.ceil(3 * most)  # one kernel size for the batch: each image's own sigma inside it
 
     def op(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         n, c, h, w = x.shape
+        # One kernel size for the batch, each image's own sigma inside it; the mirrored border
+        # needs it under the side (8 px images).
+        radius = min(math.ceil(3 * most), h - 1, w - 1)
         sigma = _uniform(0.1, most, n, gen, x.device).view(n, 1)
         offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
         kernel = torch.exp(-(offsets**2) / (2 * sigma**2))

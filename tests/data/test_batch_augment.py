@@ -11,7 +11,15 @@ import pytest
 import torch
 
 from hpo.data.augment import OPS, build_pipeline
-from hpo.data.batch_augment import BATCH_OPS, BatchAugment, _warp, hsv_to_rgb, rgb_to_hsv, split_ops
+from hpo.data.batch_augment import (
+    BATCH_OPS,
+    BatchAugment,
+    _warp,
+    affine_theta,
+    hsv_to_rgb,
+    rgb_to_hsv,
+    split_ops,
+)
 from hpo.data.loader import on_device, to_input
 from hpo.train.config import AugmentOp
 
@@ -63,6 +71,41 @@ def test_hsv_conversion_matches_opencv(photos):
     assert np.abs(hsv[..., 0] * 360 - expected[..., 0]).max() < 0.01  # degrees
     assert np.abs(hsv[..., 1:] - expected[..., 1:]).max() < 1e-4
     assert torch.allclose(hsv_to_rgb(rgb_to_hsv(x)), x, atol=1e-5)
+
+
+def test_affine_draws_within_albumentations_ranges_and_fills_them():
+    """Rotation within ±90m degrees, each axis scaled apart within 1±m, shifts within ±m/2 of
+    the side, and the draws reach the ends of those ranges."""
+    m = 0.2
+    theta = affine_theta(m, 4000, 32, 32, torch.Generator().manual_seed(0), CPU)
+    rows = theta[:, :, :2]  # S^-1 R^-1: row i is axis i's (cos, sin) / its scale
+    scale = 1 / rows.norm(dim=2)
+    angle = torch.rad2deg(torch.atan2(rows[:, 0, 1], rows[:, 0, 0]))
+    assert angle.abs().max() <= 90 * m + 1e-3 and angle.abs().max() > 0.98 * 90 * m
+    assert scale.min() >= 1 - m - 1e-5 and scale.max() <= 1 + m + 1e-5
+    assert (scale[:, 0] - scale[:, 1]).abs().max() > 0.5 * m  # not one scale for both axes
+    shift = -torch.linalg.solve(rows, theta[:, :, 2])  # back to the forward shift, in [-1, 1] units
+    assert shift.abs().max() <= m + 1e-4 and shift.abs().max() > 0.98 * m
+
+
+def test_hue_shifts_in_opencv_units_and_grey_stays_grey(photos):
+    op = BATCH_OPS.get("hue_saturation")(0.5, 1.0)
+    hue_limit = (5 + 25 * 0.5) / 180  # albumentations' hue units on uint8: 180 a turn
+    pure = torch.zeros(2000, 3, 4, 4)
+    pure[:, 0] = 1.0  # red: hue 0, fully saturated, full value
+    hue = rgb_to_hsv(op(pure, torch.Generator().manual_seed(0)))[:, 0, 0, 0]
+    shift = torch.minimum(hue, 1 - hue)  # distance from red around the circle
+    assert shift.max() <= hue_limit + 1e-4 and shift.max() > 0.95 * hue_limit
+    grey = as_batch(photos).mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    out = op(grey, torch.Generator().manual_seed(0))
+    assert (out.max(1).values - out.min(1).values).max() < 1e-6  # still grey, brighter or darker
+
+
+def test_noise_is_drawn_for_each_channel():
+    flat = torch.full((64, 3, 32, 32), 0.5)
+    grain = BATCH_OPS.get("noise")(1.0, 1.0)(flat, torch.Generator().manual_seed(0)) - flat
+    channels = grain.permute(1, 0, 2, 3).reshape(3, -1)
+    assert torch.corrcoef(channels)[0, 1:].abs().max() < 0.05 and grain.std() > 0.02
 
 
 def test_warp_maps_output_to_input_coordinates(photos):

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from hpo.config import parse_spec
+from hpo.data.augment import preset_ops
+from hpo.data.batch_augment import BATCH_OPS
 from hpo.data.folds import make_fold_plan
 from hpo.data.formats import load_table
 from hpo.data.loader import loader_workers
@@ -119,9 +121,7 @@ def host_syncs(run) -> int:
     return sum("synchronizing CUDA operation" in str(w.message) for w in caught)
 
 
-HEAVY = (AugmentOp("hflip", 0.0, 0.5), AugmentOp("shift_scale_rotate", 0.6, 0.7), AugmentOp("hue_saturation", 0.5, 0.5),
-         AugmentOp("blur", 0.5, 0.2), AugmentOp("noise", 0.5, 0.2), AugmentOp("coarse_dropout", 0.6, 0.5),
-         AugmentOp("clahe", 0.5, 0.2))
+HEAVY = tuple(AugmentOp(name, magnitude, p) for name, (magnitude, p) in preset_ops("heavy").items())
 
 
 @pytest.mark.parametrize("augment_on", ["workers", "gpu"])
@@ -169,3 +169,17 @@ def test_evaluation_from_images_kept_on_the_gpu_equals_the_host_path(data):
     on_gpu = predict_logits(model, kept.split(16), GPU, half, half)
     from_host = predict_logits(model, host_batches(data.images, data.val_idx, 16), GPU, half, half)
     assert torch.allclose(on_gpu, from_host, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(BATCH_OPS))
+def test_batch_ops_never_wait_for_the_gpu(name):
+    """Each op on a channels_last batch on the side stream, as on_device runs it: no host sync
+    (a tensor made from a Python list, an .item(), a data-dependent shape would be one)."""
+    x = torch.rand(64, 64, 64, 3, device=GPU).permute(0, 3, 1, 2)  # NHWC strides, as to_input leaves it
+    generator = torch.Generator(GPU).manual_seed(0)
+    op = BATCH_OPS.get(name)(1.0, 0.5)
+    side = torch.cuda.Stream(GPU)
+    with torch.cuda.stream(side):
+        op(x, generator)  # warm
+    with torch.cuda.stream(side):
+        assert host_syncs(lambda: op(x, generator)) == 0
