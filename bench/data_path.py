@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import augment_rate, pipeline_rate  # noqa: E402
 
 from hpo.data.augment import build_pipeline, preset_ops  # noqa: E402
-from hpo.data.batch_augment import BATCH_OPS  # noqa: E402
+from hpo.data.batch_augment import BATCH_OPS, Draws  # noqa: E402
 from hpo.data.loader import AugmentedImages, _whole_batch, train_loader  # noqa: E402
 from hpo.objective import pick_device  # noqa: E402
 from hpo.train.config import AugmentOp  # noqa: E402
@@ -49,19 +49,20 @@ def op_costs(images: np.ndarray, preset: str, device: torch.device, seconds: flo
         ms = 1e3 / pipeline_rate(pipeline, images, seconds)
         line = f"  {name:<20} {ms:.3f} ms per image, {p * ms:.3f} ms at p={p}"
         if name in BATCH_OPS:
-            line += f"; in batch on {device.type}: {batch_op_ms(BATCH_OPS.get(name)(magnitude, 1.0), batch):.4f} ms"
+            always, at_p = (batch_op_ms(BATCH_OPS.get(name)(magnitude, share), batch) for share in (1.0, p))
+            line += f"; in batch on {device.type}: {always:.4f} ms, {at_p:.4f} ms at p"
         print(line, flush=True)
 
 
 def batch_op_ms(op, batch: torch.Tensor, repeats: int = 5) -> float:
     """Milliseconds per image of a batch op (waiting for the device to finish)."""
-    generator = torch.Generator(batch.device).manual_seed(0)
-    op(batch, generator)
+    draws = Draws.seeded(batch.device, 0)
+    op(batch, draws)
     if batch.device.type == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
     for _ in range(repeats):
-        op(batch, generator)
+        op(batch, draws)
     if batch.device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - started) * 1e3 / (repeats * len(batch))

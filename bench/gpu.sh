@@ -2,7 +2,7 @@
 # The GPU figures of BENCHMARKS.md: the gpu-marked tests and the benchmarks, each step under its
 # own time limit, each step's output kept in LOG_DIR/<step>.log.
 #   bench/gpu.sh LOG_DIR tests throughput           # the steps to run, in order
-# Steps: tests throughput effnet heavy packing naive gap profile gpuaug ops
+# Steps: tests throughput effnet heavy packing naive gap profile gpuaug effgpu ops
 set -u
 log=${1:?LOG_DIR}; shift
 mkdir -p "$log"
@@ -34,7 +34,8 @@ for what in "$@"; do
     profile) step profile 200 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 3 --profile "${photos[@]}" ;;
     # The augmentation in batch on the GPU (train.augment_on: gpu) against the workers' figures above.
     gpuaug) step gpuaug-heavy 120 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --augment heavy --augment-on gpu --epochs 4 "${photos[@]}"
-            step gpuaug-light 120 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --augment-on gpu --epochs 4 --loader-workers 4 "${photos[@]}" ;;
+            step gpuaug-light 120 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --augment-on gpu --epochs 4 "${photos[@]}" ;;
+    effgpu) step effgpu 150 python3 bench/throughput.py --backbone efficientnet_b0 --image-size 224 --batch-size 128 --augment-on gpu --epochs 4 "${photos[@]}" ;;
     ops) step ops 120 python3 bench/data_path.py --image-size 224 --images 256 ;;
     naive) step naive 300 python3 bench/naive_vs_hpo.py --image-size 128 --naive-workers 8 ;;
     *) echo "unknown step: $what"; exit 2 ;;

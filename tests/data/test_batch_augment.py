@@ -14,6 +14,7 @@ from hpo.data.augment import OPS, build_pipeline
 from hpo.data.batch_augment import (
     BATCH_OPS,
     BatchAugment,
+    Draws,
     _warp,
     affine_theta,
     hsv_to_rgb,
@@ -24,6 +25,10 @@ from hpo.data.loader import on_device, to_input
 from hpo.train.config import AugmentOp
 
 CPU = torch.device("cpu")
+
+
+def seeded() -> Draws:
+    return Draws.seeded(CPU, 0)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +51,7 @@ def test_each_op_changes_images_as_much_as_its_albumentations_twin(photos, name,
     twin = build_pipeline([AugmentOp(name, magnitude, 1.0)], photos.shape[1], seed=0)
     by_albumentations = np.stack([twin(image=image)["image"] for image in photos]).astype(np.float32) / 255
     x = as_batch(photos)
-    by_batch = BATCH_OPS.get(name)(magnitude, 1.0)(x, torch.Generator().manual_seed(0))
+    by_batch = BATCH_OPS.get(name)(magnitude, 1.0)(x, seeded())
     assert by_batch.shape == x.shape and by_batch.dtype == x.dtype
     assert 0 <= by_batch.min() and by_batch.max() <= 1
     expected = np.abs(by_albumentations - photos / 255).mean()
@@ -57,10 +62,10 @@ def test_each_op_changes_images_as_much_as_its_albumentations_twin(photos, name,
 def test_p_is_drawn_per_image(photos, name):
     x = as_batch(photos)
     op = BATCH_OPS.get(name)
-    assert torch.equal(op(0.5, 0.0)(x, torch.Generator().manual_seed(0)), x)
-    changed = (op(0.5, 1.0)(x, torch.Generator().manual_seed(0)) != x).flatten(1).any(1)
+    assert torch.equal(op(0.5, 0.0)(x, seeded()), x)
+    changed = (op(0.5, 1.0)(x, seeded()) != x).flatten(1).any(1)
     assert changed.all()
-    some = (op(0.5, 0.5)(x, torch.Generator().manual_seed(0)) != x).flatten(1).any(1)
+    some = (op(0.5, 0.5)(x, seeded()) != x).flatten(1).any(1)
     assert 16 <= int(some.sum()) <= 48  # about half of 64
 
 
@@ -93,17 +98,17 @@ def test_hue_shifts_in_opencv_units_and_grey_stays_grey(photos):
     hue_limit = (5 + 25 * 0.5) / 180  # albumentations' hue units on uint8: 180 a turn
     pure = torch.zeros(2000, 3, 4, 4)
     pure[:, 0] = 1.0  # red: hue 0, fully saturated, full value
-    hue = rgb_to_hsv(op(pure, torch.Generator().manual_seed(0)))[:, 0, 0, 0]
+    hue = rgb_to_hsv(op(pure, seeded()))[:, 0, 0, 0]
     shift = torch.minimum(hue, 1 - hue)  # distance from red around the circle
     assert shift.max() <= hue_limit + 1e-4 and shift.max() > 0.95 * hue_limit
     grey = as_batch(photos).mean(1, keepdim=True).expand(-1, 3, -1, -1)
-    out = op(grey, torch.Generator().manual_seed(0))
+    out = op(grey, seeded())
     assert (out.max(1).values - out.min(1).values).max() < 1e-6  # still grey, brighter or darker
 
 
 def test_noise_is_drawn_for_each_channel():
     flat = torch.full((64, 3, 32, 32), 0.5)
-    grain = BATCH_OPS.get("noise")(1.0, 1.0)(flat, torch.Generator().manual_seed(0)) - flat
+    grain = BATCH_OPS.get("noise")(1.0, 1.0)(flat, seeded()) - flat
     channels = grain.permute(1, 0, 2, 3).reshape(3, -1)
     assert torch.corrcoef(channels)[0, 1:].abs().max() < 0.05 and grain.std() > 0.02
 
@@ -121,7 +126,7 @@ def test_warp_maps_output_to_input_coordinates(photos):
 
 def test_coarse_dropout_blacks_out_one_to_five_holes_of_the_given_size(photos):
     x = as_batch(photos) * 0.5 + 0.25  # nothing black before
-    out = BATCH_OPS.get("coarse_dropout")(1.0, 1.0)(x, torch.Generator().manual_seed(0))
+    out = BATCH_OPS.get("coarse_dropout")(1.0, 1.0)(x, seeded())
     black = (out == 0).all(1).float().mean((1, 2))  # share of each image
     side = 0.3  # at magnitude 1: holes of 0.15-0.3 of the side, 1-5 of them, overlapping maybe
     assert black.min() >= (side / 2) ** 2 * 0.8 and black.max() <= 5 * side**2 * 1.05

@@ -51,10 +51,12 @@ def test_loader_workers_follow_the_cores_of_this_worker(monkeypatch):
     monkeypatch.delenv("HPO_LOADER_WORKERS", raising=False)
     monkeypatch.setenv("HPO_THREADS", "8")  # hpo run gives each packed worker its share of cores
     assert loader_workers(CUDA, augmented=True) == 7
-    assert loader_workers(CUDA, augmented=False) == 0  # a gather from the cache needs no process
+    assert loader_workers(CUDA, augmented=False) == 4  # a few to gather: the training process launches kernels
     assert loader_workers(CPU, augmented=True) == 0  # the cores are busy training
+    monkeypatch.setenv("HPO_THREADS", "3")
+    assert loader_workers(CUDA, augmented=False) == 2
     monkeypatch.setenv("HPO_THREADS", "1")
-    assert loader_workers(CUDA, augmented=True) == 1
+    assert loader_workers(CUDA, augmented=True) == 1 == loader_workers(CUDA, augmented=False)
     monkeypatch.setenv("HPO_LOADER_WORKERS", "3")
     assert loader_workers(CPU, augmented=False) == 3
 

@@ -12,7 +12,7 @@ import torch
 
 from hpo.config import parse_spec
 from hpo.data.augment import preset_ops
-from hpo.data.batch_augment import BATCH_OPS
+from hpo.data.batch_augment import BATCH_OPS, Draws
 from hpo.data.folds import make_fold_plan
 from hpo.data.formats import load_table
 from hpo.data.loader import loader_workers
@@ -176,10 +176,10 @@ def test_batch_ops_never_wait_for_the_gpu(name):
     """Each op on a channels_last batch on the side stream, as on_device runs it: no host sync
     (a tensor made from a Python list, an .item(), a data-dependent shape would be one)."""
     x = torch.rand(64, 64, 64, 3, device=GPU).permute(0, 3, 1, 2)  # NHWC strides, as to_input leaves it
-    generator = torch.Generator(GPU).manual_seed(0)
-    op = BATCH_OPS.get(name)(1.0, 0.5)
+    draws = Draws.seeded(GPU, 0)
+    op = BATCH_OPS.get(name)(1.0, 0.5)  # some images changed, the others not: index_select/copy
     side = torch.cuda.Stream(GPU)
     with torch.cuda.stream(side):
-        op(x, generator)  # warm
+        op(x, draws)  # warm
     with torch.cuda.stream(side):
-        assert host_syncs(lambda: op(x, generator)) == 0
+        assert host_syncs(lambda: op(x, draws)) == 0
