@@ -51,12 +51,17 @@ def _uniform(low: float | torch.Tensor, high: float | torch.Tensor, n: int, gen:
     return low + (high - low) * torch.rand(n, generator=gen, device=device)
 
 
-def _with_probability(p: float, change: Change) -> BatchOp:
-    """The op that applies ``change`` to each image with probability ``p``, computing it only for
-    those: how many is a binomial draw on the host, which ones a permutation on the device, so
-    the GPU spends nothing on the others (half the work of a heavy preset) and never syncs."""
+def _with_probability(p: float, change: Change, costly: bool = False) -> BatchOp:
+    """The op that applies ``change`` to each image with probability ``p``, without a sync.
 
-    def op(x: torch.Tensor, draws: Draws) -> torch.Tensor:
+    A ``costly`` change (a warp, a colour-space round trip, a blur: 4-14 us per image on an
+    H100) is computed only for the images it changes: how many is a binomial draw on the host,
+    which ones a permutation on the device. A cheap one (a flip, an affine of the values, a
+    mask: 1-6 us) is computed for all and kept where drawn: picking the images out and back
+    costs more than it saves (H100, BENCHMARKS.md).
+    """
+
+    def subset(x: torch.Tensor, draws: Draws) -> torch.Tensor:
         count = int(draws.host.binomial(len(x), p))
         if count == 0:
             return x
@@ -65,7 +70,11 @@ def _with_probability(p: float, change: Change) -> BatchOp:
         chosen = torch.randperm(len(x), generator=draws.device, device=x.device)[:count]
         return x.index_copy(0, chosen, change(x.index_select(0, chosen), draws.device))
 
-    return op
+    def where(x: torch.Tensor, draws: Draws) -> torch.Tensor:
+        chosen = torch.rand(len(x), generator=draws.device, device=x.device) < p
+        return torch.where(chosen.view(-1, 1, 1, 1), change(x, draws.device), x)
+
+    return subset if costly else where
 
 
 @BATCH_OPS.register("hflip")
@@ -108,7 +117,7 @@ def shift_scale_rotate(magnitude: float, p: float) -> BatchOp:
     def change(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         return _warp(x, affine_theta(m, len(x), x.shape[2], x.shape[3], gen, x.device))
 
-    return _with_probability(p, change)
+    return _with_probability(p, change, costly=True)
 
 
 TRIES = 10  # RandomResizedCrop's draws before it takes the whole image
@@ -135,7 +144,7 @@ def random_resized_crop(magnitude: float, p: float) -> BatchOp:
         theta = torch.stack([torch.stack([width, zero, centre_x], 1), torch.stack([zero, height, centre_y], 1)], 1)
         return _warp(x, theta)
 
-    return _with_probability(p, change)
+    return _with_probability(p, change, costly=True)
 
 
 @BATCH_OPS.register("brightness_contrast")
@@ -186,7 +195,7 @@ def hue_saturation(magnitude: float, p: float) -> BatchOp:
         hsv = torch.cat([hsv[:, :1] % 1, saturation, hsv[:, 2:].clamp(0, 1)], 1)
         return hsv_to_rgb(hsv)
 
-    return _with_probability(p, change)
+    return _with_probability(p, change, costly=True)
 
 
 @BATCH_OPS.register("blur")
@@ -208,7 +217,7 @@ def blur(magnitude: float, p: float) -> BatchOp:
         flat = F.conv2d(flat, kernel.view(n * c, 1, -1, 1), groups=n * c)
         return flat.view(n, c, h, w).clamp(0, 1)  # rounding may pass 1
 
-    return _with_probability(p, change)
+    return _with_probability(p, change, costly=True)
 
 
 @BATCH_OPS.register("noise")

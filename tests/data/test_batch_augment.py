@@ -16,6 +16,7 @@ from hpo.data.batch_augment import (
     BatchAugment,
     Draws,
     _warp,
+    _with_probability,
     affine_theta,
     hsv_to_rgb,
     rgb_to_hsv,
@@ -67,6 +68,16 @@ def test_p_is_drawn_per_image(photos, name):
     assert changed.all()
     some = (op(0.5, 0.5)(x, seeded()) != x).flatten(1).any(1)
     assert 16 <= int(some.sum()) <= 48  # about half of 64
+
+
+@pytest.mark.parametrize("costly", [True, False])
+def test_a_costly_change_is_computed_only_for_the_images_it_changes(costly):
+    sizes = []
+    op = _with_probability(0.25, lambda x, gen: sizes.append(len(x)) or x + 0.1, costly=costly)
+    x = torch.rand(64, 3, 8, 8)
+    changed = int((op(x, seeded()) != x).flatten(1).any(1).sum())
+    assert 4 <= changed <= 28  # about a quarter of 64
+    assert sizes == ([changed] if costly else [64])
 
 
 def test_hsv_conversion_matches_opencv(photos):
