@@ -90,8 +90,9 @@ class FoldResult:
 
 class WaitClock:
     """Adds up in ``waited`` the seconds the consumer of ``timed(items)`` spent in ``next()``: the
-    time the training loop waited for its batches (loader-bound when a large share). The clock
-    does not hold the iterator: a traceback through the loop must not keep a loader alive."""
+    time the training loop waited for its loader's batches (loader-bound when a large share).
+    The clock does not hold the iterator: a traceback through the loop must not keep a loader
+    alive."""
 
     def __init__(self) -> None:
         self.waited = 0.0
@@ -278,9 +279,9 @@ class _Epochs:
         share of the time spent waiting for batches."""
         loss_sum = torch.zeros((), device=self.device)
         seen, started = 0, time.perf_counter()
-        clock = WaitClock()
-        for batch, (x, y) in enumerate(clock.timed(on_device(self._this_epoch(), self.device, self.mean,
-                                                             self.std, self.side, self.augment))):
+        clock = WaitClock()  # the loader's batches only: not their copy or batch ops on the device
+        for batch, (x, y) in enumerate(on_device(clock.timed(self._this_epoch()), self.device, self.mean,
+                                                 self.std, self.side, self.augment)):
             x, y_mixed, lam = self.mixer(x, y)
             with self.autocast():
                 logits = self.forward(x)
