@@ -10,11 +10,12 @@
 (c) the loader alone: the trial's own DataLoader (workers, augmentation, pinned memory) and the
     copy to the device, no model: the most images/second the data path can feed.
 
-Prints (b)/(a) and the share of (b)'s time spent waiting for batches (loader-bound when large);
-``--profile`` then profiles one more trial's second epoch (host time by op, GPU busy, calls that
-make the host wait for the GPU). Also prints what the data path costs per image on this machine: decoding a JPEG once
-(cache build), the albumentations preset per image on one core, and the common way (PIL decode +
-torchvision transforms every epoch) for comparison.
+Prints (b)/(a) and the share of (b)'s time spent waiting for the loader (loader-bound when
+large); ``--profile`` then profiles one more trial's second epoch (host time by op, GPU busy,
+calls that make the host wait for the GPU); ``--augment-on gpu`` augments as the study option
+``train.augment_on: gpu``. Also prints what the data path costs per image on this machine:
+decoding a JPEG once (cache build), the albumentations preset per image on one core, and the
+common way (PIL decode + torchvision transforms every epoch) for comparison.
 
     python bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 64
     python bench/throughput.py --backbone efficientnet_b0 --image-size 224 --batch-size 64 --augment medium
