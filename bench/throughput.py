@@ -39,12 +39,11 @@ from _common import recipe, tiled, write_photos  # noqa: E402
 
 from hpo.data import cache  # noqa: E402
 from hpo.data.augment import build_pipeline, preset_ops  # noqa: E402
-from hpo.data.batch_augment import BatchAugment, split_ops  # noqa: E402
 from hpo.data.formats import load_table  # noqa: E402
-from hpo.data.loader import loader_workers, on_device, opencv_threads, side_stream, train_loader  # noqa: E402
+from hpo.data.loader import on_device, opencv_threads, side_stream  # noqa: E402
 from hpo.objective import pick_device  # noqa: E402
 from hpo.train.config import AugmentOp  # noqa: E402
-from hpo.train.loop import FoldData, Stepper, autocast_for, compiled, fit_fold  # noqa: E402
+from hpo.train.loop import FoldData, Stepper, autocast_for, compiled, fit_fold, fold_batches  # noqa: E402
 from hpo.train.models import create_model, to_device  # noqa: E402
 from hpo.train.optim import build_optimizer  # noqa: E402
 
@@ -168,10 +167,9 @@ def loader_alone(args: argparse.Namespace, device: torch.device, images: np.ndar
     cfg = trial_recipe(args)
     mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
-    in_workers, on_gpu = split_ops(cfg.augment, cfg.augment_on, device)
-    loader = train_loader(images, labels, np.arange(len(labels)), build_pipeline(in_workers, cfg.image_size, 0),
-                          cfg.batch_size, 0, device)
-    side, augment = side_stream(device), BatchAugment(on_gpu, device, 0) if on_gpu else None
+    loader, augment = fold_batches(cfg, images, labels, np.arange(len(labels)), device, 0)
+    print(f"the trial's loader: {loader.num_workers} workers", flush=True)
+    side = side_stream(device)
     for _ in range(2):  # the first epoch starts the workers
         seen, started = 0, time.perf_counter()
         for _, y in on_device(loader, device, mean, std, side, augment):
@@ -237,6 +235,8 @@ def main() -> None:
                         help="then profile one more trial's second epoch (torch.profiler): host time, GPU busy, host waits")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "hpo-bench-photos")
     args = parser.parse_args()
+    if args.profile and args.epochs < 2:
+        parser.error("--profile profiles the second epoch: give --epochs 2 or more")
     device = pick_device()
     gpu = device.type == "cuda"
     args.images = args.images or args.batch_size * (15 if gpu else 6)
@@ -265,9 +265,7 @@ def main() -> None:
 
     repeat = args.repeat or (-(-60 * args.batch_size // len(table)) if gpu else 1)
     images, labels = tiled(images, table.labels, repeat, args.data)
-    print(f"trial data: {len(labels)} images ({len(table)} photos x {repeat}),"
-          f" {loader_workers(device, bool(split_ops(trial_recipe(args).augment, args.augment_on, device)[0]))}"
-          " loader workers", flush=True)
+    print(f"trial data: {len(labels)} images ({len(table)} photos x {repeat})", flush=True)
     feed = loader_alone(args, device, images, labels)
     print(f"(c) loader alone: {feed:.1f} images/s", flush=True)
 

@@ -28,6 +28,7 @@ from hpo.data.formats import FORMATS
 from hpo.errors import ConfigError, HpoError
 from hpo.space import SearchSpace, check_params, parse_search
 from hpo.strategy import PRUNERS, SAMPLERS, check_folds_for_pruner, max_report_steps
+from hpo.train.config import AUGMENT_ON
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 NORMALIZATIONS = {
@@ -170,10 +171,12 @@ COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autot
 
 
 class TrainSpec(_Model):
-    """How trials run on the machine; not searched, and not part of the recipe's results."""
+    """How trials run on the machine; not searched. ``compile`` leaves a recipe's results as they
+    are (up to rounding); ``augment_on`` draws the augmentations differently (other random
+    streams, float ops for uint8 ones), so keep it as it is within a study."""
 
     compile: str = Field("off", description="torch.compile mode, or off")
-    augment_on: Literal["workers", "gpu"] = Field(
+    augment_on: Literal[AUGMENT_ON] = Field(  # type: ignore[valid-type]
         "workers", description="augmentation image by image in the loader's workers (albumentations), or in"
         " batch on the GPU (hpo.data.batch_augment; without a GPU, and for ops without a batch version, the workers)")
 

@@ -29,7 +29,7 @@ from hpo.data.table import ImageTable
 from hpo.errors import ConfigError, DataError
 from hpo.export import Export, ExportedTrial
 from hpo.study import prepare
-from hpo.train.config import TrainConfig
+from hpo.train.config import AUGMENT_ON, TrainConfig
 from hpo.train.loop import EpochResult, FoldData, FoldResult, fit_fold
 from hpo.train.losses import CLASS_WEIGHTS, LOSSES
 from hpo.train.models import FREEZE, check_backbone
@@ -138,6 +138,8 @@ def check_config(cfg: TrainConfig, where: str) -> None:
         registry.get(name, where)
     for op in cfg.augment:
         OPS.get(op.name, f"{where}: augment")
+    if cfg.augment_on not in AUGMENT_ON:
+        raise ConfigError(f"{where}: augment_on {cfg.augment_on!r}; use one of: {', '.join(AUGMENT_ON)}")
 
 
 def _save(folder: Path, exported: ExportedTrial, cfg: TrainConfig, table: ImageTable,

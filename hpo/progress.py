@@ -35,7 +35,7 @@ def trial_line(trial: FrozenTrial) -> str:
 
 def waiting(data_wait: float) -> str:
     """A note when the training waited for its batches for a tenth of the epoch or more: the
-    loader (augmentation on too few cores) holds the GPU back."""
+    loader (augmentation on too few cores, or in the training process on a CPU) holds it back."""
     return f" ({data_wait:.0%} waiting for data)" if data_wait >= 0.1 else ""
 
 

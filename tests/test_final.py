@@ -73,6 +73,9 @@ def test_out_that_hpo_did_not_write_or_a_foreign_config_is_refused_before_traini
     edited = dataclasses.replace(first, config=dataclasses.replace(first.config, backbone="resnet999"))
     with pytest.raises(ConfigError, match=f"trial {first.trial}: backbone: unknown timm backbone 'resnet999'"):
         train_final(dataclasses.replace(exported, trials=[edited]), tmp_path / "final", "folds", torch.device("cpu"))
+    edited = dataclasses.replace(first, config=dataclasses.replace(first.config, augment_on="GPU"))
+    with pytest.raises(ConfigError, match=f"trial {first.trial}: augment_on 'GPU'; use one of: workers, gpu"):
+        train_final(dataclasses.replace(exported, trials=[edited]), tmp_path / "final", "folds", torch.device("cpu"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mydata"]  # no .partial left
 
 

@@ -36,7 +36,14 @@ class Draws:
 
     @classmethod
     def seeded(cls, device: torch.device, seed: int) -> Draws:
-        return cls(torch.Generator(device).manual_seed(seed), np.random.default_rng(seed))
+        """Streams of their own, derived from the trial's seed: seeded with the seed itself they
+        would repeat the numbers torch's global generator and mixup draw from it."""
+        on_device, on_host = np.random.SeedSequence((seed, STREAM)).spawn(2)
+        return cls(torch.Generator(device).manual_seed(int(on_device.generate_state(1, np.uint64)[0] >> 1)),
+                   np.random.default_rng(on_host))
+
+
+STREAM = 0xB0A7  # tells the batch ops' streams apart from the trial's others
 
 
 # (magnitude, p) -> op; an op maps (batch, draws) -> the augmented batch, same shape.

@@ -201,7 +201,9 @@ def loader_workers(device: torch.device, augmented: bool) -> int:
     if device.type != "cuda":
         return 0
     cores = env_int("HPO_THREADS", 1) or available_cpus()
-    return max(1, min(16 if augmented else GATHER_WORKERS, cores - 1))
+    if not augmented:  # a help, not a need: none where the trial has a core alone
+        return max(0, min(GATHER_WORKERS, cores - 1))
+    return max(1, min(16, cores - 1))
 
 
 def shared_memory_free() -> int | None:
@@ -213,14 +215,19 @@ def shared_memory_free() -> int | None:
     return stat.f_bavail * stat.f_frsize
 
 
-def ring_plan(workers: int, slot_bytes: int) -> tuple[int, int]:
+def ring_plan(workers: int, slot_bytes: int, augmented: bool = True) -> tuple[int, int]:
     """(workers, batches each prepares ahead) for a ring that fits: up to 4 ahead within ~1 GiB,
     and never more than half the free shared memory. Where /dev/shm is short (a container's
     default is 64 MB), fewer workers, with a warning; where not even one worker's slots fit, one
-    clear error: a ring past the free space ends in a worker killed by SIGBUS mid-trial."""
+    clear error (a ring past the free space ends in a worker killed by SIGBUS mid-trial), or,
+    for workers that only gather (not ``augmented``), none: the training process gathers."""
     free = shared_memory_free()
     room = None if free is None else free // 2 // slot_bytes - 1  # slots besides the batch in hand
     if room is not None and room < workers:
+        if room < 1 and not augmented:
+            log.warning("/dev/shm has %d MiB free: batches gathered in the training process (docker run"
+                        " --shm-size=8g for loader workers)", free // 2**20)
+            return 0, 0
         if room < 1:
             raise DataError(
                 f"a batch needs {slot_bytes / 2**20:.0f} MiB of shared memory for loader workers and /dev/shm"
@@ -249,12 +256,13 @@ def train_loader(
     order = sampler if sampler is not None else RandomSampler(range(len(indices)), generator=generator)
     # A last batch of one sample breaks BatchNorm; drop the remainder when there is more.
     batches = BatchSampler(order, batch_size, drop_last=len(indices) > batch_size)
-    workers = loader_workers(device, pipeline is not None)
+    workers, prefetch = loader_workers(device, pipeline is not None), 0
+    if workers:
+        workers, prefetch = ring_plan(workers, batch_size * int(np.prod(images.shape[1:])), pipeline is not None)
     if not workers:
         return DataLoader(AugmentedImages(images, labels, indices, pipeline), batch_sampler=batches,
                           collate_fn=_whole_batch, generator=generator, pin_memory=device.type == "cuda")
     assert images.dtype == np.uint8, "the ring holds decoded uint8 images"
-    workers, prefetch = ring_plan(workers, batch_size * int(np.prod(images.shape[1:])))
     ring = torch.empty((workers * prefetch + 1, batch_size, *images.shape[1:]), dtype=torch.uint8).share_memory_()
     return RingLoader(
         AugmentedImages(images, labels, indices, pipeline, ring),

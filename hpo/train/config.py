@@ -23,6 +23,9 @@ class AugmentOp:
     p: float
 
 
+AUGMENT_ON = ("workers", "gpu")  # TrainConfig.augment_on: the loader's workers, or the GPU in batch
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training recipe; produced from a trial by :func:`hpo.space.trial_config`."""

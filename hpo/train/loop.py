@@ -63,7 +63,8 @@ class EpochResult:
     images_per_second: float
     frozen: bool = False  # the backbone was frozen this epoch (freeze: backbone / unfreeze)
     stale_epochs: int = 0  # epochs since the best one, against the patience
-    data_wait: float = 0.0  # share of the epoch's training time spent waiting for batches
+    data_wait: float = 0.0  # share of the epoch's training time spent waiting for the loader (the
+    # first epoch's includes starting its workers)
 
 
 @dataclass
@@ -220,7 +221,7 @@ def kept_on_gpu(images: np.ndarray, indices: np.ndarray, device: torch.device) -
     570 MB): each epoch's evaluation then reads them there instead of gathering them from the
     memory map and copying them from pageable memory again, host work that the GPU's inference
     of the same images would otherwise wait on. None elsewhere."""
-    if device.type != "cuda" or len(indices) * images[0].nbytes > torch.cuda.mem_get_info(device)[0] // 20:
+    if device.type != "cuda" or not len(indices) or len(indices) * images[0].nbytes > torch.cuda.mem_get_info(device)[0] // 20:
         return None
     return torch.from_numpy(images[indices]).to(device)
 
@@ -297,7 +298,7 @@ class _Epochs:
 
     def close(self) -> None:
         """Let go of the loader's worker processes and the validation images on the GPU now, not
-        when a traceback that references this object (a pruned or failed fold) is collected."""
+        when a traceback that references this object (a pruned fold, a failed epoch) is collected."""
         del self.loader, self.next_epoch
         self.val_images = None
 
@@ -311,14 +312,22 @@ class _Epochs:
         return logits.argmax(1).cpu().numpy(), val_loss
 
 
+def fold_batches(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
+                 device: torch.device, seed: int) -> tuple[torch.utils.data.DataLoader, BatchAugment | None]:
+    """The fold's training batches: the loader (with the ops that run in its workers) and the
+    ops that run on the GPU, in batch, as on_device takes them."""
+    in_workers, on_gpu = split_ops(cfg.augment, cfg.augment_on, device)
+    loader = train_loader(images, labels, indices, build_pipeline(in_workers, cfg.image_size, seed), cfg.batch_size,
+                          seed, device, cfg.sampling)
+    return loader, BatchAugment(on_gpu, device, seed) if on_gpu else None
+
+
 def _epochs(cfg: TrainConfig, data: FoldData, device: torch.device, seed: int) -> tuple[_Epochs, Schedule]:
     """The fold's model, loader, optimizer with its schedule, loss and mixing; and the schedule."""
     model = to_device(create_model(cfg.backbone, cfg.pretrained, data.num_classes, cfg.head, data.factors,
                                    cfg.image_size), device)
     optimizer = build_optimizer(cfg.optimizer.name, cfg.optimizer.args, model, cfg.lr, cfg.weight_decay)
-    in_workers, on_gpu = split_ops(cfg.augment, cfg.augment_on, device)
-    loader = train_loader(data.images, data.fit_labels, data.train_idx, build_pipeline(in_workers, cfg.image_size, seed),
-                          cfg.batch_size, seed, device, cfg.sampling)
+    loader, augment = fold_batches(cfg, data.images, data.fit_labels, data.train_idx, device, seed)
     autocast, scaler = autocast_for(device)
     stepper = Stepper(optimizer, scaler, cfg.accumulate, len(loader))
     schedule = build_schedule(cfg.scheduler.name, cfg.scheduler.args, optimizer, stepper.steps_per_epoch,
@@ -332,8 +341,7 @@ def _epochs(cfg: TrainConfig, data: FoldData, device: torch.device, seed: int) -
     epochs = _Epochs(model, compiled(model, cfg.compile), loader, stepper, criterion,
                      Mixer(cfg.mixup, cfg.cutmix, seed), autocast, mean, std, device,
                      torch.as_tensor(data.val_labels, device=device), kept_on_gpu(data.images, data.val_idx, device),
-                     side_stream(device),
-                     BatchAugment(on_gpu, device, seed) if on_gpu else None)
+                     side_stream(device), augment)
     return epochs, schedule
 
 
