@@ -19,6 +19,40 @@ from hpo.train.config import AugmentOp
 OPS: Registry = Registry("augmentation")
 
 
+# Each op's strength at a magnitude, shared by the albumentations op here and its batch twin in
+# hpo.data.batch_augment, so that the two cannot drift apart.
+def affine_extent(magnitude: float) -> float:
+    """Shift within ± half of it (a share of the side), scale within 1 ± it, rotation within ± 90 x it degrees."""
+    return 0.05 + 0.25 * magnitude
+
+
+def crop_smallest_area(magnitude: float) -> float:
+    return 1 - 0.6 * magnitude
+
+
+def brightness_contrast_limit(magnitude: float) -> float:
+    return 0.05 + 0.35 * magnitude
+
+
+def hsv_limits(magnitude: float) -> tuple[float, float, float]:
+    """Hue (OpenCV's units: 180 a turn), saturation and value (of 255) shifts, each within ± it."""
+    return 5 + 25 * magnitude, 5 + 35 * magnitude, 5 + 25 * magnitude
+
+
+def blur_sigma_range(magnitude: float) -> tuple[float, float]:
+    return 0.1, 0.5 + 2.0 * magnitude
+
+
+def noise_std_range(magnitude: float) -> tuple[float, float]:
+    """The noise's standard deviation, a share of the full scale."""
+    return 0.01, 0.02 + 0.15 * magnitude
+
+
+def dropout_holes(magnitude: float) -> tuple[float, int]:
+    """The largest hole's side (a share of the image's; the smallest is half of it), and the most holes."""
+    return 0.05 + 0.25 * magnitude, 1 + round(4 * magnitude)
+
+
 @OPS.register("hflip")
 def hflip(magnitude: float, p: float) -> A.BasicTransform:
     return A.HorizontalFlip(p=p)
@@ -31,47 +65,43 @@ def vflip(magnitude: float, p: float) -> A.BasicTransform:
 
 @OPS.register("shift_scale_rotate")
 def shift_scale_rotate(magnitude: float, p: float) -> A.BasicTransform:
-    m = 0.05 + 0.25 * magnitude
+    m = affine_extent(magnitude)
     return A.Affine(translate_percent=(-m / 2, m / 2), scale=(1 - m, 1 + m), rotate=(-90 * m, 90 * m), p=p)
 
 
 @OPS.register("random_resized_crop")
 def random_resized_crop(magnitude: float, p: float) -> A.BasicTransform:
     # Crops a share of the area then resizes back; the output size is fixed when composed.
-    return A.RandomResizedCrop(size=(1, 1), scale=(1 - 0.6 * magnitude, 1.0), p=p)
+    return A.RandomResizedCrop(size=(1, 1), scale=(crop_smallest_area(magnitude), 1.0), p=p)
 
 
 @OPS.register("brightness_contrast")
 def brightness_contrast(magnitude: float, p: float) -> A.BasicTransform:
-    m = 0.05 + 0.35 * magnitude
+    m = brightness_contrast_limit(magnitude)
     return A.RandomBrightnessContrast(brightness_limit=m, contrast_limit=m, p=p)
 
 
 @OPS.register("hue_saturation")
 def hue_saturation(magnitude: float, p: float) -> A.BasicTransform:
-    return A.HueSaturationValue(
-        hue_shift_limit=5 + 25 * magnitude,
-        sat_shift_limit=5 + 35 * magnitude,
-        val_shift_limit=5 + 25 * magnitude,
-        p=p,
-    )
+    hue, saturation, value = hsv_limits(magnitude)
+    return A.HueSaturationValue(hue_shift_limit=hue, sat_shift_limit=saturation, val_shift_limit=value, p=p)
 
 
 @OPS.register("blur")
 def blur(magnitude: float, p: float) -> A.BasicTransform:
-    return A.GaussianBlur(sigma_limit=(0.1, 0.5 + 2.0 * magnitude), p=p)
+    return A.GaussianBlur(sigma_limit=blur_sigma_range(magnitude), p=p)
 
 
 @OPS.register("noise")
 def noise(magnitude: float, p: float) -> A.BasicTransform:
-    return A.GaussNoise(std_range=(0.01, 0.02 + 0.15 * magnitude), p=p)
+    return A.GaussNoise(std_range=noise_std_range(magnitude), p=p)
 
 
 @OPS.register("coarse_dropout")
 def coarse_dropout(magnitude: float, p: float) -> A.BasicTransform:
-    side = 0.05 + 0.25 * magnitude
+    side, most = dropout_holes(magnitude)
     return A.CoarseDropout(
-        num_holes_range=(1, 1 + round(4 * magnitude)),
+        num_holes_range=(1, most),
         hole_height_range=(side / 2, side),
         hole_width_range=(side / 2, side),
         p=p,

@@ -8,8 +8,9 @@ without an entry (CLAHE) stay in the workers and run first. Without a GPU every 
 albumentations: on the CPU these float ops cost 1-10 ms per image, albumentations' uint8 ones
 0.01-0.7 ms.
 
-Each entry mirrors its albumentations twin in ``hpo.data.augment``: same magnitude -> range
-mapping, same probability, drawn per image from the trial's seeded generator on the device.
+Each entry mirrors its albumentations twin in ``hpo.data.augment``: the same strength at a
+magnitude (the functions there, e.g. ``affine_extent``), the same probability, drawn per image
+from the trial's seeded streams.
 """
 
 from __future__ import annotations
@@ -22,6 +23,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hpo.data.augment import (
+    affine_extent,
+    blur_sigma_range,
+    brightness_contrast_limit,
+    crop_smallest_area,
+    dropout_holes,
+    hsv_limits,
+    noise_std_range,
+)
 from hpo.registry import Registry
 from hpo.train.config import AugmentOp
 
@@ -119,7 +129,7 @@ def affine_theta(m: float, n: int, height: int, width: int, gen: torch.Generator
 
 @BATCH_OPS.register("shift_scale_rotate")
 def shift_scale_rotate(magnitude: float, p: float) -> BatchOp:
-    m = 0.05 + 0.25 * magnitude  # as A.Affine in hpo.data.augment
+    m = affine_extent(magnitude)
 
     def change(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         return _warp(x, affine_theta(m, len(x), x.shape[2], x.shape[3], gen, x.device))
@@ -132,7 +142,7 @@ TRIES = 10  # RandomResizedCrop's draws before it takes the whole image
 
 @BATCH_OPS.register("random_resized_crop")
 def random_resized_crop(magnitude: float, p: float) -> BatchOp:
-    smallest = 1 - 0.6 * magnitude  # share of the area kept, as A.RandomResizedCrop in hpo.data.augment
+    smallest = crop_smallest_area(magnitude)
 
     def change(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         n, device, (h, w) = len(x), x.device, x.shape[2:]
@@ -156,7 +166,7 @@ def random_resized_crop(magnitude: float, p: float) -> BatchOp:
 
 @BATCH_OPS.register("brightness_contrast")
 def brightness_contrast(magnitude: float, p: float) -> BatchOp:
-    m = 0.05 + 0.35 * magnitude
+    m = brightness_contrast_limit(magnitude)
 
     def change(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         n, device = len(x), x.device
@@ -188,8 +198,8 @@ def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
 
 @BATCH_OPS.register("hue_saturation")
 def hue_saturation(magnitude: float, p: float) -> BatchOp:
-    # albumentations' limits on uint8: hue in OpenCV's units (180 a turn), the others of 255.
-    hue_limit, sat_limit, val_limit = (5 + 25 * magnitude) / 180, (5 + 35 * magnitude) / 255, (5 + 25 * magnitude) / 255
+    hue, saturation, value = hsv_limits(magnitude)  # on uint8: hue of 180 a turn, the others of 255
+    hue_limit, sat_limit, val_limit = hue / 180, saturation / 255, value / 255
 
     def change(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         n, device = len(x), x.device
@@ -207,14 +217,14 @@ def hue_saturation(magnitude: float, p: float) -> BatchOp:
 
 @BATCH_OPS.register("blur")
 def blur(magnitude: float, p: float) -> BatchOp:
-    most = 0.5 + 2.0 * magnitude
+    least, most = blur_sigma_range(magnitude)
 
     def change(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         n, c, h, w = x.shape
         # One kernel size for the batch, each image's own sigma inside it; the mirrored border
         # needs it under the side (8 px images).
         radius = min(math.ceil(3 * most), h - 1, w - 1)
-        sigma = _uniform(0.1, most, n, gen, x.device).view(n, 1)
+        sigma = _uniform(least, most, n, gen, x.device).view(n, 1)
         offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
         kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
         kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (n * c) x taps
@@ -229,10 +239,10 @@ def blur(magnitude: float, p: float) -> BatchOp:
 
 @BATCH_OPS.register("noise")
 def noise(magnitude: float, p: float) -> BatchOp:
-    high = 0.02 + 0.15 * magnitude  # the noise's standard deviation, a share of the full scale
+    low, high = noise_std_range(magnitude)
 
     def change(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        std = _uniform(0.01, high, len(x), gen, x.device).view(-1, 1, 1, 1)
+        std = _uniform(low, high, len(x), gen, x.device).view(-1, 1, 1, 1)
         grain = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
         return (x + std * grain).clamp(0, 1)
 
@@ -241,7 +251,7 @@ def noise(magnitude: float, p: float) -> BatchOp:
 
 @BATCH_OPS.register("coarse_dropout")
 def coarse_dropout(magnitude: float, p: float) -> BatchOp:
-    side, most = 0.05 + 0.25 * magnitude, 1 + round(4 * magnitude)
+    side, most = dropout_holes(magnitude)
 
     def change(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         n, _, h, w = x.shape
