@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import augment_rate, pipeline_rate  # noqa: E402
+from throughput import augment_rate, pipeline_rate, sync  # noqa: E402
 
 from hpo.data.augment import build_pipeline, preset_ops  # noqa: E402
 from hpo.data.batch_augment import BATCH_OPS, Draws  # noqa: E402
@@ -58,13 +58,11 @@ def batch_op_ms(op, batch: torch.Tensor, repeats: int = 5) -> float:
     """Milliseconds per image of a batch op (waiting for the device to finish)."""
     draws = Draws.seeded(batch.device, 0)
     op(batch, draws)
-    if batch.device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(batch.device)
     started = time.perf_counter()
     for _ in range(repeats):
         op(batch, draws)
-    if batch.device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(batch.device)
     return (time.perf_counter() - started) * 1e3 / (repeats * len(batch))
 
 

@@ -96,9 +96,12 @@ def niced(increment: int) -> None:
     loader._seed_worker = start_niced
 
 
+def preset(name: str) -> tuple[AugmentOp, ...]:
+    return tuple(AugmentOp(op, magnitude, p) for op, (magnitude, p) in preset_ops(name).items())
+
+
 def trial_recipe(args: argparse.Namespace):
-    ops = tuple(AugmentOp(name, m, p) for name, (m, p) in preset_ops(args.augment).items())
-    return recipe(args.backbone, args.image_size, args.batch_size, args.epochs, augment=ops,
+    return recipe(args.backbone, args.image_size, args.batch_size, args.epochs, augment=preset(args.augment),
                   mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), compile=args.compile,
                   augment_on=args.augment_on)
 
@@ -179,10 +182,9 @@ def loader_alone(args: argparse.Namespace, device: torch.device, images: np.ndar
     return seen / (time.perf_counter() - started)
 
 
-def augment_rate(images: np.ndarray, preset: str, seconds: float = 3.0) -> float:
+def augment_rate(images: np.ndarray, name: str, seconds: float = 3.0) -> float:
     """Images/second of the preset's albumentations pipeline in this thread."""
-    ops = [AugmentOp(name, m, p) for name, (m, p) in preset_ops(preset).items()]
-    pipeline = build_pipeline(ops, images.shape[1], seed=0)
+    pipeline = build_pipeline(preset(name), images.shape[1], seed=0)
     return float("inf") if pipeline is None else pipeline_rate(pipeline, images, seconds)
 
 
