@@ -55,9 +55,18 @@ ENV_STORAGE = "HPO_STORAGE"
 ATTR_PLAN, ATTR_FINGERPRINT, ATTR_CV, ATTR_SPEC = "fold_plan", "data_fingerprint", "cv", "spec"
 ATTR_CLASSES = "classes"
 RETRY_SECONDS = 120.0
+MAX_BACKOFF_SECONDS = 5.0  # the longest sleep between two tries of a retried call
 PERMANENT_CONNECT_ERRORS = ("does not exist", "password authentication failed", "no pg_hba.conf entry")
 # What a storage call raises when the database itself fails (for callers that must carry on).
-STORAGE_FAILURES = (StorageInternalError, SQLAlchemyError)  # how long a storage call keeps retrying a transient error
+STORAGE_FAILURES = (StorageInternalError, SQLAlchemyError)
+# When a retried call in this process last succeeded after a transient error: the end of the
+# latest database outage seen here (time.monotonic()).
+_last_recovery = -float("inf")
+
+
+def recovered_within(seconds: float) -> bool:
+    """Whether the database came back from an outage in the last ``seconds`` (in this process)."""
+    return time.monotonic() - _last_recovery < seconds
 
 
 def resolve_url(url: str | None, spec: StudySpec | None = None) -> str:
@@ -120,10 +129,14 @@ def retrying(call: Callable[..., Any], name: str, seconds: float = RETRY_SECONDS
 
     @functools.wraps(call)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        global _last_recovery
         deadline, delay = time.monotonic() + seconds, 0.05
         while True:
             try:
-                return call(*args, **kwargs)
+                result = call(*args, **kwargs)
+                if delay > 0.05:
+                    _last_recovery = time.monotonic()
+                return result
             except errors as e:
                 if not retry_if(_unwrapped(e)) or time.monotonic() > deadline:
                     raise
@@ -131,14 +144,25 @@ def retrying(call: Callable[..., Any], name: str, seconds: float = RETRY_SECONDS
                 log.log(logging.WARNING if delay == 0.05 else logging.DEBUG,
                         "storage %s: transient error, retrying for up to %.0fs: %s", name, seconds,
                         database_reason(e))
-                time.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 5.0)
+                time.sleep(delay * (0.5 + random.random() / 2))
+                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
     return wrapper
 
 
 class RetryingRDBStorage(optuna.storages.RDBStorage):
     """Optuna's RDBStorage with every database call retried on transient errors."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's stale trials, except right after an outage: no heartbeat could be recorded
+        while the database was down, so a live trial looks stale until its heartbeat thread,
+        backing off between tries, has had a grace period to reach the database again."""
+        stale = _stale_trial_ids(self, study_id)
+        grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
+        if stale and recovered_within(grace + MAX_BACKOFF_SECONDS):
+            log.info("not failing %d stale-looking trial(s) yet: the database was down until moments ago", len(stale))
+            return []
+        return stale
 
 
 for _name in (
@@ -148,11 +172,12 @@ for _name in (
     "set_trial_param", "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
     "set_trial_user_attr", "set_trial_system_attr", "get_trial_id_from_study_id_trial_number",
     "get_trial", "get_all_trials", "get_best_trial", "get_trial_user_attrs",
-    "get_trial_system_attrs", "record_heartbeat", "_get_stale_trial_ids",
+    "get_trial_system_attrs", "record_heartbeat",
     # Optuna's cache layer calls these private methods of the backend directly.
     "_create_new_trial", "_get_best_trial_id", "_get_trials", "_set_trial_param",
 ):
     setattr(RetryingRDBStorage, _name, retrying(getattr(optuna.storages.RDBStorage, _name), _name))
+_stale_trial_ids = retrying(optuna.storages.RDBStorage._get_stale_trial_ids, "_get_stale_trial_ids")
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -272,8 +297,14 @@ def study_lock(url: str, study_name: str) -> Iterator[None]:
         finally:
             try:
                 connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            except SQLAlchemyError as e:
+                if not is_transient(e):
+                    raise
+                # The server ended the session (a restart): the lock went with it. What the
+                # block did is committed, and another process may have held the lock meanwhile.
+                log.warning("study lock lost with its database connection: %s", database_reason(e))
             finally:
-                connection.close()  # closing the session releases the lock in any case
+                connection.close()
     finally:
         engine.dispose()
 

@@ -104,8 +104,19 @@ def decoded_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+POSTGRES_URL = os.environ.get("HPO_TEST_POSTGRES_URL")
+
+
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"HPO_TEST_POSTGRES_URL={'set' if os.environ.get('HPO_TEST_POSTGRES_URL') else 'unset'}"
+    return f"HPO_TEST_POSTGRES_URL={'set' if POSTGRES_URL else 'unset'}"
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """The PostgreSQL that .ci/run provides; a visible skip without it."""
+    if not POSTGRES_URL:
+        pytest.skip("HPO_TEST_POSTGRES_URL is not set: no PostgreSQL to test against")
+    return POSTGRES_URL
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import time
+
+import optuna
 import pytest
+from optuna.trial import TrialState
 from sqlalchemy.exc import OperationalError
 
 from hpo.config import parse_spec
 from hpo.errors import StorageError
-from hpo.storage import is_transient, open_storage, redact, resolve_url, stored_spec
+from hpo.storage import (
+    MAX_BACKOFF_SECONDS,
+    is_transient,
+    open_storage,
+    redact,
+    resolve_url,
+    retrying,
+    stored_spec,
+    study_lock,
+)
+from hpo.workers.heartbeat import fail_stale_trials
 from tests.conftest import tiny_study
 
 
@@ -63,3 +77,51 @@ def test_read_only_commands_never_create_a_database(tmp_path):
     with pytest.raises(StorageError, match=r"no study 'tiny' in sqlite:///.*new.db; start it with hpo run first"):
         stored_spec(url, "tiny")
     assert list(tmp_path.iterdir()) == []
+
+
+def _outage() -> None:
+    """A storage call that meets a lost connection once, then succeeds: an outage that ended."""
+    attempts = []
+
+    def call() -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+
+    retrying(call, "test")()
+    assert len(attempts) == 2
+
+
+def test_no_trial_is_stale_until_a_grace_period_after_an_outage(tmp_path, monkeypatch):
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(storage=storage, study_name="s")
+    trial = study.ask()
+    storage.record_heartbeat(trial._trial_id)
+    time.sleep(3)  # the heartbeat is now older than the grace period
+    assert storage._get_stale_trial_ids(study._study_id) == [trial._trial_id]
+
+    _outage()  # its heartbeat thread could not have reached the database either
+    fail_stale_trials(study)
+    assert study.trials[0].state == TrialState.RUNNING
+
+    later = time.monotonic() + 2 + MAX_BACKOFF_SECONDS + 1  # the grace period and a last backoff passed
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    fail_stale_trials(study)
+    assert study.trials[0].state == TrialState.FAIL
+
+
+def test_losing_the_study_lock_with_its_connection_does_not_fail_the_locked_step(postgres_url):
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(postgres_url)
+    done = []
+    with study_lock(postgres_url, "lost-lock"):
+        with admin.connect() as connection:  # as a server restart does to every session
+            connection.execute(text("SELECT pg_terminate_backend(pid) FROM pg_locks"
+                                    " WHERE locktype = 'advisory' AND pid <> pg_backend_pid()"))
+        done.append("claimed")
+    assert done == ["claimed"]
+    with study_lock(postgres_url, "lost-lock"):  # and the lock can be taken again
+        done.append("again")
+    assert done == ["claimed", "again"]
+    admin.dispose()

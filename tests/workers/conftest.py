@@ -15,8 +15,6 @@ import pytest
 
 from tests.conftest import tiny_study, write_study
 
-POSTGRES_URL = os.environ.get("HPO_TEST_POSTGRES_URL")
-
 
 def worker_study(root: Path, tmp_path: Path, n_trials: int, max_epochs: int = 1, **changes) -> Path:
     study = tiny_study(root, tmp_path, budget__n_trials=n_trials, budget__max_epochs=max_epochs,
@@ -50,9 +48,7 @@ def kill(pid: int) -> None:
 def storage_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'study.db'}"
-    if not POSTGRES_URL:
-        pytest.skip("HPO_TEST_POSTGRES_URL is not set: no PostgreSQL to test against")
-    return POSTGRES_URL
+    return request.getfixturevalue("postgres_url")
 
 
 def load(name: str, url: str) -> optuna.Study:

@@ -116,27 +116,23 @@ def _try_load(name: str, url: str):
 
 @pytest.mark.slow
 @pytest.mark.postgres
-def test_postgres_restart_fails_no_healthy_trial(image_root, tmp_path):
+def test_postgres_restart_fails_no_healthy_trial(image_root, tmp_path, postgres_url):
     import os
     import shutil
     import subprocess
 
-    from tests.workers.conftest import POSTGRES_URL
-
-    if not POSTGRES_URL:
-        pytest.skip("HPO_TEST_POSTGRES_URL is not set: no PostgreSQL to test against")
     if not shutil.which("pg_ctlcluster") or os.geteuid() != 0 or not os.path.isdir("/etc/postgresql"):
         pytest.skip("cannot restart the local PostgreSQL here (needs pg_ctlcluster as root)")
     version = sorted(os.listdir("/etc/postgresql"))[-1]
     path = worker_study(image_root, tmp_path, n_trials=8, max_epochs=15)
-    run = start("run", "--study", str(path), "--workers", "2", cwd=tmp_path, storage=POSTGRES_URL)
+    run = start("run", "--study", str(path), "--workers", "2", cwd=tmp_path, storage=postgres_url)
     name = name_of(path)
-    running_trial(name, POSTGRES_URL)
+    running_trial(name, postgres_url)
     subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
                    check=True, timeout=120)
     _, err = run.communicate(timeout=500)
     assert run.returncode == 0, err[-3000:]
-    study = load(name, POSTGRES_URL)
+    study = load(name, postgres_url)
     assert_budget_exact(study, 8)
     assert not [t for t in study.trials if t.state == TrialState.FAIL]
 
