@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import optuna
 import pytest
+import timm
 import torch
 
 from hpo.config import parse_spec
@@ -17,8 +18,9 @@ from hpo.data.folds import make_fold_plan
 from hpo.data.formats import load_table
 from hpo.data.loader import loader_workers
 from hpo.objective import Objective
-from hpo.train.config import AugmentOp
+from hpo.train.config import AugmentOp, Component
 from hpo.train.loop import autocast_for, fit_fold
+from hpo.train.optim import build_optimizer
 from tests.conftest import tiny_study
 from tests.train.helpers import config, fold_data
 
@@ -44,6 +46,14 @@ def test_trains_with_loader_workers_and_mixed_precision(data, monkeypatch):
     result = fit_fold(config(max_epochs=4, lr=1e-2, augment=augment), data, GPU)
     assert result.best_f1 >= 0.9
     assert all(e.images_per_second > 0 for e in result.history)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd"])
+def test_optimizers_use_fused_kernels_on_cuda(data, name):
+    model = timm.create_model("test_resnet", num_classes=3).to(GPU)
+    assert build_optimizer(name, {}, model, 0.01, 0.05).defaults["fused"] is True
+    result = fit_fold(config(max_epochs=4, optimizer=Component(name)), data, GPU)
+    assert result.history[-1].train_loss < 0.8 * result.history[0].train_loss  # it learns
 
 
 def test_compiled_with_inductor(data, monkeypatch):

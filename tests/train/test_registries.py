@@ -106,6 +106,7 @@ def test_every_optimizer_is_what_its_name_says():
             assert group["lr"] == 0.01
             assert group["weight_decay"] == (0.0 if {id(p) for p in group["params"]} <= biases else 0.05), name
     assert build_optimizer("sgd", {}, model, 0.1, 0.0).defaults["nesterov"] is True
+    assert not build_optimizer("adamw", {}, model, 0.1, 0.0).defaults["fused"]  # fused on CUDA only (test_gpu)
     classical = build_optimizer("sgd", {"nesterov": False, "momentum": 0.8}, model, 0.1, 0.0).defaults
     assert classical["nesterov"] is False and classical["momentum"] == 0.8
 
