@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 import optuna
 import torch
-from optuna_dashboard import save_note
 
 from hpo.config import StudySpec
 from hpo.data.cache import decoded
@@ -24,7 +23,7 @@ from hpo.data.folds import iter_folds
 from hpo.data.table import ImageTable
 from hpo.errors import TrainingDiverged
 from hpo.review.artifacts import TrialReview, artifact_location, open_artifact_store, upload_review
-from hpo.review.note import trial_note
+from hpo.review.note import save_trial_note
 from hpo.space import trial_config
 from hpo.strategy import report_step, reports_per_fold
 from hpo.tracking import build_trackers
@@ -181,7 +180,7 @@ class Objective:
             if results.has_predictions:
                 trial.set_user_attr("confusion_matrix", results.confusion().tolist())
                 trial.set_user_attr("artifacts", upload_review(trial, self.artifacts, results))
-            save_note(trial, trial_note(folds, seconds, trial.user_attrs.get("prune_reason")))
+            save_trial_note(trial, folds, seconds, trial.user_attrs.get("prune_reason"))
         f1 = [f.best_f1 for f in folds]
         trial.set_user_attr("fold_f1", [round(v, 5) for v in f1])
         trial.set_user_attr("f1_std", round(float(np.std(f1)), 5))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -9,8 +10,11 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
+from typer.testing import CliRunner
 
+from hpo.cli import app
 from tests.conftest import tiny_study, write_study
 
 
@@ -18,6 +22,22 @@ def hpo(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "hpo", *args], cwd=cwd, capture_output=True, text=True, timeout=300
     )
+
+
+@pytest.fixture
+def hpo_here(monkeypatch):
+    """``hpo`` run in this process, for the many refusals (a process spends ~8 s on imports here);
+    one of each kind still runs as a real process. Undoes what ``hpo run`` sets for its process."""
+    threads, on_sigterm = torch.get_num_threads(), signal.getsignal(signal.SIGTERM)
+
+    def invoke(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(cwd)
+        result = CliRunner().invoke(app, list(args))
+        return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+    yield invoke
+    torch.set_num_threads(threads)
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def test_run_end_to_end_stores_the_trials(image_root, tmp_path):
@@ -54,10 +74,24 @@ def test_run_end_to_end_stores_the_trials(image_root, tmp_path):
         assert f"trial {t.number:>3} {t.state.name}" in done.stderr
 
 
+def assert_refused(done: subprocess.CompletedProcess, message: str, folder: Path, before: list[Path]) -> None:
+    """Exit code 2, one line naming the problem, and nothing written."""
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert sorted(folder.rglob("*")) == before, "something was written"
+
+
+def test_bad_input_exits_2_with_one_line_and_writes_nothing_in_a_real_process(study_file, tmp_path):
+    before = sorted(tmp_path.rglob("*"))
+    done = hpo("run", "--study", str(study_file), "--storage", f"sqlite:///{tmp_path / 'never.db'}",
+               "--set", "search.backbone=not_a_model", cwd=tmp_path)
+    assert_refused(done, "search.backbone: unknown timm backbone 'not_a_model'", tmp_path, before)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ("search.backbone=not_a_model", "search.backbone: unknown timm backbone 'not_a_model'"),
         ("search.lr={low: 0.1, high: 0.001}", "search.lr: inverted range, low 0.1 > high 0.001; swap them"),
         ("data.root=/nonexistent/data", "data.root: folder /nonexistent/data does not exist"),
         ("cv.folds=999", "cv.folds: Input should be less than or equal to 50"),
@@ -68,15 +102,11 @@ def test_run_end_to_end_stores_the_trials(image_root, tmp_path):
         ("data.normalization=foo", "use imagenet, half or {mean: [r, g, b], std: [r, g, b]}"),
     ],
 )
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(study_file, tmp_path, change, message):
-    db = tmp_path / "never.db"
-    done = hpo(
-        "run", "--study", str(study_file), "--storage", f"sqlite:///{db}", "--set", change, cwd=tmp_path
-    )
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
-    assert not db.exists() and not (tmp_path / "runs").exists()
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(study_file, tmp_path, hpo_here, change, message):
+    before = sorted(tmp_path.rglob("*"))
+    done = hpo_here("run", "--study", str(study_file), "--storage", f"sqlite:///{tmp_path / 'never.db'}",
+                    "--set", change, cwd=tmp_path)
+    assert_refused(done, message, tmp_path, before)
 
 
 def test_unreachable_storage_exits_2(study_file, tmp_path):
@@ -171,21 +201,19 @@ def test_review_flow_export_train_predict_report(finished_study, image_root, tmp
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "real_process"),
     [
-        (["train", "--config", "missing.yaml"], "missing.yaml: cannot read (No such file or directory); give a file written by hpo export"),
-        (["predict", "--model", ".", "--data", "."], "--model .: no final.yaml; give the folder hpo train wrote"),
-        (["export", "--study", "STUDY", "--storage", "sqlite:///empty.db"], "no study 'tiny' in sqlite:///empty.db"),
-        (["status", "--study", "nosuch", "--storage", "sqlite:///sub/new.db"], "no study 'nosuch' in sqlite:///sub/new.db"),
-        (["export", "--study", "STUDY", "--storage", "URL", "-o", "."], ". is a folder; give the path of a file"),
+        (["train", "--config", "missing.yaml"], "missing.yaml: cannot read (No such file or directory); give a file written by hpo export", False),
+        (["predict", "--model", ".", "--data", "."], "--model .: no final.yaml; give the folder hpo train wrote", False),
+        (["export", "--study", "STUDY", "--storage", "sqlite:///empty.db"], "no study 'tiny' in sqlite:///empty.db", True),
+        (["status", "--study", "nosuch", "--storage", "sqlite:///sub/new.db"], "no study 'nosuch' in sqlite:///sub/new.db", False),
+        (["export", "--study", "STUDY", "--storage", "URL", "-o", "."], ". is a folder; give the path of a file", False),
     ],
 )
-def test_review_commands_bad_input_exit_2(finished_study, tmp_path, args, message):
+def test_review_commands_bad_input_exit_2(finished_study, tmp_path, hpo_here, args, message, real_process):
     args = [{"STUDY": str(finished_study.path), "URL": finished_study.url}.get(a, a) for a in args]
-    done = hpo(*args, cwd=tmp_path)
-    assert done.returncode == 2, done.stderr
-    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
-    assert list(tmp_path.iterdir()) == []  # nothing written, not even an empty database
+    done = (hpo if real_process else hpo_here)(*args, cwd=tmp_path)
+    assert_refused(done, message, tmp_path, [])  # nothing written, not even an empty database
 
 
 def test_mask_study_end_to_end_run_export_train_predict(mask_archive, tmp_path):

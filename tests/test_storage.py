@@ -9,6 +9,7 @@ import pytest
 from optuna.trial import TrialState
 from sqlalchemy.exc import OperationalError
 
+import hpo.storage as storage_module
 from hpo.config import parse_spec
 from hpo.errors import StorageError
 from hpo.storage import (
@@ -93,6 +94,7 @@ def _outage() -> None:
 
 
 def test_no_trial_is_stale_until_a_grace_period_after_an_outage(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage_module, "_last_recovery", -float("inf"))  # restored afterwards
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_interval=1, grace_period=2)
     study = optuna.create_study(storage=storage, study_name="s")
     trial = study.ask()

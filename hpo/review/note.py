@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import optuna
 import yaml
-from optuna_dashboard import get_note, save_note
 
 from hpo.config import StudySpec
 from hpo.data.table import ImageTable
@@ -37,8 +36,16 @@ def study_note(spec: StudySpec, table: ImageTable, plan: np.ndarray) -> str:
 
 def ensure_note(study: optuna.Study, spec: StudySpec, table: ImageTable, plan: np.ndarray) -> None:
     """Write the note once, when the study is created (users may edit it in the dashboard)."""
+    from optuna_dashboard import get_note, save_note  # here: it imports a second of sklearn and scipy
+
     if not get_note(study):
         save_note(study, study_note(spec, table, plan))
+
+
+def save_trial_note(trial: optuna.Trial, folds: list, seconds: float, reason: str | None) -> None:
+    from optuna_dashboard import save_note
+
+    save_note(trial, trial_note(folds, seconds, reason))
 
 
 def trial_note(folds: list, seconds: float, reason: str | None) -> str:  # folds: list[FoldResult]

@@ -27,12 +27,12 @@ def assert_budget_exact(study: optuna.Study, budget: int) -> None:
 
 @pytest.mark.slow
 def test_eight_workers_finish_exactly_the_budget(image_root, tmp_path, storage_url):
-    path = worker_study(image_root, tmp_path, n_trials=24)
+    path = worker_study(image_root, tmp_path, n_trials=16)
     run = start("run", "--study", str(path), "--workers", "8", cwd=tmp_path, storage=storage_url)
     out, err = run.communicate(timeout=400)
     assert run.returncode == 0, err[-3000:]
     study = load(name_of(path), storage_url)
-    assert_budget_exact(study, 24)
+    assert_budget_exact(study, 16)
     assert not [t for t in study.trials if t.state == TrialState.FAIL], "a trial was failed by the storage"
     assert len({t.user_attrs["worker"] for t in study.trials}) > 1  # the work was shared
     assert "started 8 workers" in err
