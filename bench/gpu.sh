@@ -27,8 +27,8 @@ for what in "$@"; do
     heavy) step throughput-heavy 120 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --augment heavy --epochs 4 "${photos[@]}" ;;
     packing) step packing 200 python3 bench/packing.py --backbone resnet18 --image-size 128 --batch-size 64 --epochs 4 --settle 12 "${photos[@]}" ;;
     # What keeps resnet18's trial at ~0.8 of the model (BENCHMARKS.md): fewer or lower-priority
-    # loader workers, and a CUDA graph of the step against kernel-launch cost.
-    gap) step gap-workers 150 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --loader-workers 12 --worker-nice 10 "${photos[@]}"
+    # loader workers, a CUDA graph of the step against kernel-launch cost, fused optimizer kernels.
+    gap) step gap-workers 180 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --loader-workers 12 --worker-nice 10 --unfused "${photos[@]}"
          step gap-graphs 200 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --compile reduce-overhead "${photos[@]}" ;;
     # Where the trial's time goes (torch.profiler over epoch 2): host time by op, GPU busy, host waits.
     profile) step profile 200 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 3 --profile "${photos[@]}" ;;

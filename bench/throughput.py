@@ -96,6 +96,14 @@ def niced(increment: int) -> None:
     loader._seed_worker = start_niced
 
 
+def unfused() -> None:
+    """Optimizers from now on with torch's default kernels (foreach) instead of the fused ones
+    hpo takes on CUDA (an experiment: what fusing gains)."""
+    from hpo.train import optim
+
+    optim.fused = lambda model: {}
+
+
 def preset(name: str) -> tuple[AugmentOp, ...]:
     return tuple(AugmentOp(op, magnitude, p) for op, (magnitude, p) in preset_ops(name).items())
 
@@ -233,6 +241,8 @@ def main() -> None:
     parser.add_argument("--compile", default="off", help="torch.compile mode, or off")
     parser.add_argument("--augment-on", default="workers", choices=["workers", "gpu"],
                         help="where the trial augments (the study's train.augment_on)")
+    parser.add_argument("--unfused", action="store_true",
+                        help="also time the model alone and the trial with torch's default optimizer kernels, not fused ones")
     parser.add_argument("--profile", action="store_true",
                         help="then profile one more trial's second epoch (torch.profiler): host time, GPU busy, host waits")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "hpo-bench-photos")
@@ -287,6 +297,10 @@ def main() -> None:
         print(f"(b) with loader workers at nice {args.worker_nice}: {rate_and_wait(real_trial(args, device, images, labels))}",
               flush=True)
     print(f"ratio (b)/(a):   {trial / alone:.2f}", flush=True)
+    if args.unfused:
+        unfused()
+        print(f"unfused optimizer: (a) {model_alone(args, device):.1f} images/s,"
+              f" (b) {rate_and_wait(real_trial(args, device, images, labels))}", flush=True)
     if args.profile:
         profiled_trial(args, device, images, labels)
 

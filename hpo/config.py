@@ -166,6 +166,13 @@ class WorkersSpec(_Model):
             )
         return self
 
+    @property
+    def sweep_interval(self) -> float:
+        """Seconds between a worker's sweeps for stale trials (and its "last seen" for `hpo
+        status`): a third of the grace period is prompt enough, and on SQLite every sweep and
+        every write queues for the one write lock with the heartbeats."""
+        return max(self.heartbeat_interval, self.grace_period / 3)
+
 
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 

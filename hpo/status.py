@@ -54,7 +54,7 @@ def study_status(spec: StudySpec, url: str | None = None) -> list[object]:
     workers = Table(title="workers")
     for column in ("worker", "device", "state", "trial", "last seen"):
         workers.add_column(column)
-    stale_after = 3 * spec.workers.heartbeat_interval
+    stale_after = spec.workers.grace_period  # a live worker says so every sweep_interval
     for key, info in sorted(study.user_attrs.items()):
         if not key.startswith(WORKER_ATTR_PREFIX):
             continue

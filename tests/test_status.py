@@ -1,5 +1,5 @@
 """`hpo status`: the states, the best trial, running trials with their progress, and workers
-marked live, lost (no heartbeat for three intervals) or finished."""
+marked live, lost (not seen for a grace period) or finished."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_status_shows_running_trials_and_live_lost_and_finished_workers(image_ro
     running.set_user_attr("progress", {"fold": 1, "epoch": 3, "f1": 0.6123})
     now = time.time()
     for name, seen, finished, trial in [("gpu-box:4242", now - 5, False, running.number),   # beat 5 s ago
-                                        ("gpu-box:4243", now - 45, False, 1),   # silent for > 3 x 10 s
+                                        ("gpu-box:4243", now - 75, False, 1),   # silent for > the grace period
                                         ("cpu-box:7", now - 60, True, None),
                                         ("cpu-box:8", now - 7200, True, None)]:  # old history
         study.set_user_attr(WORKER_ATTR_PREFIX + name, {"last_seen": seen, "device": "cuda", "trial": trial,

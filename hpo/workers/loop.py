@@ -85,9 +85,8 @@ class Worker:
         spec, study = self.handle.spec, self.handle.study
         objective = Objective(spec, self.handle.table, self.handle.plan, self.device, self.on_epoch)
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        interval = spec.workers.heartbeat_interval
         self._register()
-        with sweeper(study, interval, also=self._register):
+        with sweeper(study, spec.workers.sweep_interval, also=self._register):
             while deadline is None or time.monotonic() < deadline:
                 claimed = self._claim()
                 if claimed is None:
@@ -118,11 +117,12 @@ class Worker:
     def _run_trial(self, objective: Objective, trial: optuna.Trial) -> None:
         study, storage = self.handle.study, self.handle.storage
         self.current = trial.number
-        self._register()
-        trial.set_user_attr("worker", self.name)
         value, state, reason = None, TrialState.FAIL, ""
         try:
+            # Beating from the first moment: the writes below may queue for the database's lock.
             with heartbeat(storage, trial._trial_id, self.handle.spec.workers.heartbeat_interval):
+                self._register()
+                trial.set_user_attr("worker", self.name)
                 try:
                     value, state = objective(trial), TrialState.COMPLETE
                 except optuna.TrialPruned:

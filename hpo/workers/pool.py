@@ -92,9 +92,8 @@ class Pool:
         """Start the workers and supervise them until the budget is done."""
         self.logs.mkdir(parents=True, exist_ok=True)
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-        interval = self.handle.spec.workers.heartbeat_interval
         try:
-            with sweeper(self.handle.study, interval), \
+            with sweeper(self.handle.study, self.handle.spec.workers.sweep_interval), \
                     RunDisplay(self.handle.study, self.budget, self.console, self.live) as display:
                 self.processes = [self._spawn(slot) for slot in self.slots]
                 self.console.print(f"started {len(self.slots)} workers ({_describe(self.slots)});"
