@@ -36,7 +36,7 @@ def study_note(spec: StudySpec, table: ImageTable, plan: np.ndarray) -> str:
 
 def ensure_note(study: optuna.Study, spec: StudySpec, table: ImageTable, plan: np.ndarray) -> None:
     """Write the note once, when the study is created (users may edit it in the dashboard)."""
-    from optuna_dashboard import get_note, save_note  # here: it imports a second of sklearn and scipy
+    from optuna_dashboard import get_note, save_note  # here, not at import: it pulls in sklearn.ensemble
 
     if not get_note(study):
         save_note(study, study_note(spec, table, plan))

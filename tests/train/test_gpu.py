@@ -56,9 +56,10 @@ def test_optimizers_use_fused_kernels_on_cuda(data, name):
     assert result.history[-1].train_loss < 0.8 * result.history[0].train_loss  # it learns
 
 
-def test_compiled_with_inductor(data, monkeypatch):
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])  # reduce-overhead: CUDA graphs
+def test_compiled_with_inductor(data, monkeypatch, mode):
     monkeypatch.delenv("HPO_COMPILE_BACKEND", raising=False)
-    result = fit_fold(config(max_epochs=3, lr=1e-2, compile="default"), data, GPU)
+    result = fit_fold(config(max_epochs=3, lr=1e-2, compile=mode), data, GPU)
     assert result.best_f1 >= 0.9
 
 
