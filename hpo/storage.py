@@ -27,6 +27,7 @@ import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -268,24 +269,34 @@ def open_storage(
     return storage
 
 
+@dataclass
+class HeldLock:
+    """What :func:`study_lock` yields; ``lost`` is known once the block is left: the database
+    ended the lock's session (a restart) while it was held, so another process may have held it
+    at the same time."""
+
+    lost: bool = False
+
+
 @contextmanager
-def study_lock(url: str, study_name: str) -> Iterator[None]:
+def study_lock(url: str, study_name: str) -> Iterator[HeldLock]:
     """A lock shared by every process using this study: a file lock beside a SQLite database,
     a PostgreSQL advisory lock otherwise."""
+    held = HeldLock()
     if is_sqlite(url):
         path = sqlite_file(url)
         if path is None:
-            yield
+            yield held
             return
         with open(path.with_name(path.name + ".lock"), "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                yield
+                yield held
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
         return
     if make_url(url).get_backend_name() != "postgresql":
-        yield  # other databases: no cross-process lock (documented limitation)
+        yield held  # other databases: no cross-process lock (documented limitation)
         return
     key = zlib.crc32(f"hpo:{study_name}".encode())
     engine = create_engine(url, poolclass=NullPool)
@@ -293,15 +304,16 @@ def study_lock(url: str, study_name: str) -> Iterator[None]:
         connection = retrying(engine.connect, "lock")()
         try:
             retrying(lambda: connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key}), "lock")()
-            yield
+            yield held
         finally:
             try:
                 connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
             except SQLAlchemyError as e:
                 if not is_transient(e):
                     raise
-                # The server ended the session (a restart): the lock went with it. What the
-                # block did is committed, and another process may have held the lock meanwhile.
+                # The server ended the session (a restart) and the lock with it; what the block
+                # did is committed. The caller checks what may have interleaved.
+                held.lost = True
                 log.warning("study lock lost with its database connection: %s", database_reason(e))
             finally:
                 connection.close()

@@ -117,13 +117,13 @@ def test_losing_the_study_lock_with_its_connection_does_not_fail_the_locked_step
 
     admin = create_engine(postgres_url)
     done = []
-    with study_lock(postgres_url, "lost-lock"):
+    with study_lock(postgres_url, "lost-lock") as held:
         with admin.connect() as connection:  # as a server restart does to every session
             connection.execute(text("SELECT pg_terminate_backend(pid) FROM pg_locks"
                                     " WHERE locktype = 'advisory' AND pid <> pg_backend_pid()"))
         done.append("claimed")
-    assert done == ["claimed"]
-    with study_lock(postgres_url, "lost-lock"):  # and the lock can be taken again
+    assert done == ["claimed"] and held.lost  # the caller can check what may have interleaved
+    with study_lock(postgres_url, "lost-lock") as held:  # and the lock can be taken again
         done.append("again")
-    assert done == ["claimed", "again"]
+    assert done == ["claimed", "again"] and not held.lost
     admin.dispose()

@@ -3,9 +3,11 @@ result; until the budget is reached. `hpo run` runs it in-process or in N worker
 `hpo worker` joins a study from any machine with the same loop.
 
 Budget: trials are claimed under the study lock, counting COMPLETE + PRUNED + RUNNING ones, so N
-workers together run exactly ``budget`` trials. When the remaining budget is held by RUNNING
-trials, a worker waits instead of leaving: if one of them was orphaned (its worker killed), the
-sweeper fails it after the grace period and re-enqueues it, and a waiting worker runs the retry.
+workers together run exactly ``budget`` trials (a lock lost to a database restart is noticed on
+release, and a claim beyond the budget made meanwhile is given back). When the remaining budget
+is held by RUNNING trials, a worker waits instead of leaving: if one of them was orphaned (its
+worker killed), the sweeper fails it after the grace period and re-enqueues it, and a waiting
+worker runs the retry.
 """
 
 from __future__ import annotations
@@ -99,20 +101,39 @@ class Worker:
         return self.ran
 
     def _claim(self) -> optuna.Trial | str | None:
-        with self.handle.lock():
-            counts = count_states(self.handle.study)
-            done = sum(counts[s] for s in COUNTED)
-            if done >= self.budget:
-                return None
-            if done + counts[TrialState.RUNNING] >= self.budget:
-                return "wait"
-            with warnings.catch_warnings():
-                # Optuna warns that its heartbeat expects Study.optimize; ours runs around ask/tell.
-                warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                trial = self.handle.study.ask()
-            # A heartbeat from the start: a trial without one is never detected as stale.
-            self.handle.storage.record_heartbeat(trial._trial_id)
-            return trial
+        with self.handle.lock() as held:
+            claimed = self._claim_locked()
+        if held.lost and isinstance(claimed, optuna.Trial) and self._beyond_budget(claimed):
+            return "wait"
+        return claimed
+
+    def _claim_locked(self) -> optuna.Trial | str | None:
+        counts = count_states(self.handle.study)
+        done = sum(counts[s] for s in COUNTED)
+        if done >= self.budget:
+            return None
+        if done + counts[TrialState.RUNNING] >= self.budget:
+            return "wait"
+        with warnings.catch_warnings():
+            # Optuna warns that its heartbeat expects Study.optimize; ours runs around ask/tell.
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = self.handle.study.ask()
+        # A heartbeat from the start: a trial without one is never detected as stale.
+        self.handle.storage.record_heartbeat(trial._trial_id)
+        return trial
+
+    def _beyond_budget(self, trial: optuna.Trial) -> bool:
+        """After a lost study lock, another worker may have claimed the same last place of the
+        budget: the newest claims beyond it are given back (failed, with the reason)."""
+        trials = self.handle.study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING))
+        excess = len(trials) - self.budget
+        newest = sorted(t.number for t in trials if t.state == TrialState.RUNNING)[-excess:] if excess > 0 else []
+        if trial.number not in newest:
+            return False
+        log.warning("trial %d was claimed beyond the budget while the study lock was lost; given back", trial.number)
+        trial.set_user_attr("fail_reason", "claimed beyond the budget while the study lock was lost")
+        self.handle.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        return True
 
     def _run_trial(self, objective: Objective, trial: optuna.Trial) -> None:
         study, storage = self.handle.study, self.handle.storage

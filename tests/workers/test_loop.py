@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -13,8 +14,9 @@ from hpo import objective
 from hpo.config import load_params_file, parse_spec
 from hpo.errors import ConfigError
 from hpo.run import run_study
-from hpo.storage import retrying
+from hpo.storage import HeldLock, retrying
 from hpo.study import connect, enqueue
+from hpo.workers import Worker
 from hpo.workers.pool import plan_slots
 from tests.conftest import tiny_study
 
@@ -140,3 +142,35 @@ def test_slots_spread_packed_workers_over_the_gpus_and_split_the_cores(monkeypat
     for wrong in (["2"], ["0", "abc"]):
         with pytest.raises(ConfigError, match=f"no CUDA device '{wrong[-1]}' here \\(this machine shows 2: 0, 1\\)"):
             plan_slots(None, wrong, 1)
+
+
+@pytest.mark.parametrize("lost", [False, True])
+def test_a_claim_beyond_the_budget_under_a_lost_lock_is_given_back(image_root, tmp_path, monkeypatch, lost):
+    """A database restart ends the lock's session: another worker may claim the last place of
+    the budget at the same time. Seen when the lock is released, the newer claim is given back."""
+    spec = parse_spec(tiny_study(image_root, tmp_path, budget__n_trials=1))
+    handle = connect(spec, f"sqlite:///{tmp_path / 's.db'}")
+
+    @contextmanager
+    def lock():
+        yield HeldLock(lost=lost)
+
+    ask = handle.study.ask
+    rival = []
+
+    def ask_after_a_rival():  # the other worker asks between our count and our ask
+        rival.append(ask())
+        return ask()
+
+    monkeypatch.setattr(handle, "lock", lock)
+    monkeypatch.setattr(handle.study, "ask", ask_after_a_rival)
+    worker = Worker(handle, budget=1)
+    claimed = worker._claim()
+    trials = handle.study.get_trials()
+    assert trials[0].number == rival[0].number and trials[0].state == TrialState.RUNNING
+    if lost:
+        assert claimed == "wait"
+        assert trials[1].state == TrialState.FAIL
+        assert trials[1].user_attrs["fail_reason"] == "claimed beyond the budget while the study lock was lost"
+    else:  # a held lock rules the race out: nothing to check, nothing given back
+        assert claimed.number == trials[1].number and trials[1].state == TrialState.RUNNING
