@@ -171,7 +171,7 @@ class WorkersSpec(_Model):
         """Seconds between a worker's sweeps for stale trials (and its "last seen" for `hpo
         status`): a third of the grace period is prompt enough, and on SQLite every sweep and
         every write queues for the one write lock with the heartbeats."""
-        return max(self.heartbeat_interval, self.grace_period / 3)
+        return self.grace_period / 3  # never below the heartbeat interval (see _grace)
 
 
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

@@ -60,14 +60,15 @@ MAX_BACKOFF_SECONDS = 5.0  # the longest sleep between two tries of a retried ca
 PERMANENT_CONNECT_ERRORS = ("does not exist", "password authentication failed", "no pg_hba.conf entry")
 # What a storage call raises when the database itself fails (for callers that must carry on).
 STORAGE_FAILURES = (StorageInternalError, SQLAlchemyError)
-# When a retried call in this process last succeeded after a transient error: the end of the
-# latest database outage seen here (time.monotonic()).
-_last_recovery = -float("inf")
+# When a storage call in this process last met a transient database error (time.monotonic()):
+# during an outage and until its end, whichever call notices it.
+_last_transient_error = -float("inf")
 
 
-def recovered_within(seconds: float) -> bool:
-    """Whether the database came back from an outage in the last ``seconds`` (in this process)."""
-    return time.monotonic() - _last_recovery < seconds
+def outage_within(seconds: float) -> bool:
+    """Whether a storage call in this process met a transient database error (a lost
+    connection, a restart) in the last ``seconds``."""
+    return time.monotonic() - _last_transient_error < seconds
 
 
 def resolve_url(url: str | None, spec: StudySpec | None = None) -> str:
@@ -130,15 +131,14 @@ def retrying(call: Callable[..., Any], name: str, seconds: float = RETRY_SECONDS
 
     @functools.wraps(call)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        global _last_recovery
+        global _last_transient_error
         deadline, delay = time.monotonic() + seconds, 0.05
         while True:
             try:
-                result = call(*args, **kwargs)
-                if delay > 0.05:
-                    _last_recovery = time.monotonic()
-                return result
+                return call(*args, **kwargs)
             except errors as e:
+                if is_transient(e):
+                    _last_transient_error = time.monotonic()
                 if not retry_if(_unwrapped(e)) or time.monotonic() > deadline:
                     raise
                 # One warning per outage, not one per attempt.
@@ -155,12 +155,13 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
     """Optuna's RDBStorage with every database call retried on transient errors."""
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        """Optuna's stale trials, except right after an outage: no heartbeat could be recorded
-        while the database was down, so a live trial looks stale until its heartbeat thread,
-        backing off between tries, has had a grace period to reach the database again."""
+        """Optuna's stale trials, except during and right after an outage: no heartbeat could
+        be recorded while the database was down, so a live trial looks stale until its
+        heartbeat thread, backing off between tries, has had a grace period to reach the
+        database again."""
         stale = _stale_trial_ids(self, study_id)
         grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
-        if stale and recovered_within(grace + MAX_BACKOFF_SECONDS):
+        if stale and outage_within(grace + MAX_BACKOFF_SECONDS):
             log.info("not failing %d stale-looking trial(s) yet: the database was down until moments ago", len(stale))
             return []
         return stale
@@ -300,10 +301,20 @@ def study_lock(url: str, study_name: str) -> Iterator[HeldLock]:
         return
     key = zlib.crc32(f"hpo:{study_name}".encode())
     engine = create_engine(url, poolclass=NullPool)
-    try:
-        connection = retrying(engine.connect, "lock")()
+
+    def locked_connection() -> Any:
+        """A new connection each try: one that a restart broke cannot be used again."""
+        connection = engine.connect()
         try:
-            retrying(lambda: connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key}), "lock")()
+            connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    try:
+        connection = retrying(locked_connection, "lock")()
+        try:
             yield held
         finally:
             try:

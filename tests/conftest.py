@@ -96,6 +96,14 @@ def _no_env_storage(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HPO_STORAGE", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _no_outage_seen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no database error seen by this process (it pauses stale sweeps)."""
+    import hpo.storage
+
+    monkeypatch.setattr(hpo.storage, "_last_transient_error", -float("inf"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def decoded_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The decoded-image cache of the whole run (worker processes inherit it): not ~/.cache."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import zlib
 
 import optuna
 import pytest
@@ -94,7 +95,6 @@ def _outage() -> None:
 
 
 def test_no_trial_is_stale_until_a_grace_period_after_an_outage(tmp_path, monkeypatch):
-    monkeypatch.setattr(storage_module, "_last_recovery", -float("inf"))  # restored afterwards
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_interval=1, grace_period=2)
     study = optuna.create_study(storage=storage, study_name="s")
     trial = study.ask()
@@ -106,24 +106,60 @@ def test_no_trial_is_stale_until_a_grace_period_after_an_outage(tmp_path, monkey
     fail_stale_trials(study)
     assert study.trials[0].state == TrialState.RUNNING
 
-    later = time.monotonic() + 2 + MAX_BACKOFF_SECONDS + 1  # the grace period and a last backoff passed
-    monkeypatch.setattr(time, "monotonic", lambda: later)
+    # The grace period and a last backoff have passed since the error.
+    monkeypatch.setattr(storage_module, "_last_transient_error", time.monotonic() - 2 - MAX_BACKOFF_SECONDS - 1)
     fail_stale_trials(study)
     assert study.trials[0].state == TrialState.FAIL
 
 
-def test_losing_the_study_lock_with_its_connection_does_not_fail_the_locked_step(postgres_url):
+def test_losing_the_study_lock_with_its_connection_does_not_fail_the_locked_step(postgres_url, request):
     from sqlalchemy import create_engine, text
 
     admin = create_engine(postgres_url)
+    request.addfinalizer(admin.dispose)
     done = []
     with study_lock(postgres_url, "lost-lock") as held:
         with admin.connect() as connection:  # as a server restart does to every session
-            connection.execute(text("SELECT pg_terminate_backend(pid) FROM pg_locks"
-                                    " WHERE locktype = 'advisory' AND pid <> pg_backend_pid()"))
+            ended = connection.execute(text("SELECT pg_terminate_backend(pid, 5000) FROM pg_locks"
+                                            " WHERE locktype = 'advisory' AND objid::bigint = :key"),
+                                       {"key": zlib.crc32(b"hpo:lost-lock")}).scalars().all()
+        assert ended == [True]
         done.append("claimed")
     assert done == ["claimed"] and held.lost  # the caller can check what may have interleaved
     with study_lock(postgres_url, "lost-lock") as held:  # and the lock can be taken again
         done.append("again")
     assert done == ["claimed", "again"] and not held.lost
-    admin.dispose()
+
+
+def test_waiting_for_the_study_lock_survives_losing_the_connection(postgres_url, request):
+    import threading
+
+    from sqlalchemy import create_engine, text
+
+    key = zlib.crc32(b"hpo:waited-lock")
+    admin = create_engine(postgres_url)
+    request.addfinalizer(admin.dispose)
+    holder = admin.connect()
+    holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+    got, errors = [], []
+
+    def wait_for_the_lock() -> None:
+        try:
+            with study_lock(postgres_url, "waited-lock"):
+                got.append("lock")
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    waiter = threading.Thread(target=wait_for_the_lock)
+    waiter.start()
+    with admin.connect() as connection:  # the restart ends the waiting session
+        waiting = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid::bigint = :k AND NOT granted"
+        deadline = time.monotonic() + 30
+        while not (pids := connection.execute(text(waiting), {"k": key}).scalars().all()):
+            assert time.monotonic() < deadline, "the waiter never queued for the lock"
+            time.sleep(0.05)
+        connection.execute(text("SELECT pg_terminate_backend(:p, 5000)"), {"p": pids[0]})
+    holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    holder.close()
+    waiter.join(timeout=60)
+    assert not errors and got == ["lock"]

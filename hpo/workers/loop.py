@@ -4,7 +4,7 @@ result; until the budget is reached. `hpo run` runs it in-process or in N worker
 
 Budget: trials are claimed under the study lock, counting COMPLETE + PRUNED + RUNNING ones, so N
 workers together run exactly ``budget`` trials (a lock lost to a database restart is noticed on
-release, and a claim beyond the budget made meanwhile is given back). When the remaining budget
+release, and the claim made under it goes back to the queue). When the remaining budget
 is held by RUNNING trials, a worker waits instead of leaving: if one of them was orphaned (its
 worker killed), the sweeper fails it after the grace period and re-enqueues it, and a waiting
 worker runs the retry.
@@ -103,7 +103,13 @@ class Worker:
     def _claim(self) -> optuna.Trial | str | None:
         with self.handle.lock() as held:
             claimed = self._claim_locked()
-        if held.lost and isinstance(claimed, optuna.Trial) and self._beyond_budget(claimed):
+        if held.lost and isinstance(claimed, optuna.Trial):
+            # A database restart ended the lock's session: another worker may have counted
+            # at the same time and claimed the same place of the budget. The claim goes back
+            # to the queue (a seed or a retry keeps its parameters), to be claimed again under
+            # a working lock.
+            log.warning("study lock lost while claiming trial %d; it goes back to the queue", claimed.number)
+            self.handle.storage.set_trial_state_values(claimed._trial_id, TrialState.WAITING)
             return "wait"
         return claimed
 
@@ -122,25 +128,12 @@ class Worker:
         self.handle.storage.record_heartbeat(trial._trial_id)
         return trial
 
-    def _beyond_budget(self, trial: optuna.Trial) -> bool:
-        """After a lost study lock, another worker may have claimed the same last place of the
-        budget: the newest claims beyond it are given back (failed, with the reason)."""
-        trials = self.handle.study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING))
-        excess = len(trials) - self.budget
-        newest = sorted(t.number for t in trials if t.state == TrialState.RUNNING)[-excess:] if excess > 0 else []
-        if trial.number not in newest:
-            return False
-        log.warning("trial %d was claimed beyond the budget while the study lock was lost; given back", trial.number)
-        trial.set_user_attr("fail_reason", "claimed beyond the budget while the study lock was lost")
-        self.handle.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        return True
-
     def _run_trial(self, objective: Objective, trial: optuna.Trial) -> None:
         study, storage = self.handle.study, self.handle.storage
         self.current = trial.number
         value, state, reason = None, TrialState.FAIL, ""
         try:
-            # Beating from the first moment: the writes below may queue for the database's lock.
+            # Beating before the worker's own writes, which may wait for the database.
             with heartbeat(storage, trial._trial_id, self.handle.spec.workers.heartbeat_interval):
                 self._register()
                 trial.set_user_attr("worker", self.name)
