@@ -42,7 +42,7 @@ from hpo.data.augment import build_pipeline, preset_ops  # noqa: E402
 from hpo.data.formats import load_table  # noqa: E402
 from hpo.data.loader import on_device, opencv_threads, side_stream  # noqa: E402
 from hpo.objective import pick_device  # noqa: E402
-from hpo.train.config import AugmentOp  # noqa: E402
+from hpo.train.config import AUGMENT_ON, AugmentOp  # noqa: E402
 from hpo.train.loop import FoldData, Stepper, autocast_for, compiled, fit_fold, fold_batches  # noqa: E402
 from hpo.train.models import create_model, to_device  # noqa: E402
 from hpo.train.optim import build_optimizer  # noqa: E402
@@ -239,7 +239,7 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=None)
     parser.add_argument("--augment", default="light", help="augmentation preset: none, light, medium, heavy")
     parser.add_argument("--compile", default="off", help="torch.compile mode, or off")
-    parser.add_argument("--augment-on", default="workers", choices=["workers", "gpu"],
+    parser.add_argument("--augment-on", default="workers", choices=AUGMENT_ON,
                         help="where the trial augments (the study's train.augment_on)")
     parser.add_argument("--unfused", action="store_true",
                         help="also time the model alone and the trial with torch's default optimizer kernels, not fused ones")

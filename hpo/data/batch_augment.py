@@ -35,6 +35,8 @@ from hpo.data.augment import (
 from hpo.registry import Registry
 from hpo.train.config import AugmentOp
 
+STREAM = 0xB0A7  # tells the batch ops' streams apart from the trial's others
+
 
 @dataclass(frozen=True)
 class Draws:
@@ -51,9 +53,6 @@ class Draws:
         on_device, on_host = np.random.SeedSequence((seed, STREAM)).spawn(2)
         return cls(torch.Generator(device).manual_seed(int(on_device.generate_state(1, np.uint64)[0] >> 1)),
                    np.random.default_rng(on_host))
-
-
-STREAM = 0xB0A7  # tells the batch ops' streams apart from the trial's others
 
 
 # (magnitude, p) -> op; an op maps (batch, draws) -> the augmented batch, same shape.
