@@ -175,11 +175,21 @@ def compile_backend() -> str:
 
 def compiled(model: nn.Module, mode: str) -> nn.Module:
     """``torch.compile`` in ``mode`` (off: the model as it is). ``HPO_COMPILE_BACKEND`` picks
-    another backend than inductor (aot_eager checks the graph without generating code)."""
+    another backend than inductor (aot_eager checks the graph without generating code).
+
+    Each fold starts from empty compile caches. A worker's trials sample batch and image sizes,
+    and each shape adds an entry to the cache of the backbone's ``forward``: without the reset,
+    torch stops compiling it after 8 entries (``recompile_limit``), and the later trials of the
+    worker would silently run eagerly. Inductor's on-disk cache keeps a recompile short.
+    Shapes stay static: a fold meets three batch shapes at most (training, evaluation and its
+    last batch). Shapes torch made dynamic after an earlier trial broke CUDA graphs
+    (reduce-overhead) on the H100: the backward of a batch-symbolic graph met weight gradients
+    in a layout it did not expect."""
     if mode == "off":
         return model
     backend = compile_backend()
-    return torch.compile(model, mode=None if mode == "default" else mode, backend=backend)
+    torch.compiler.reset()
+    return torch.compile(model, mode=None if mode == "default" else mode, backend=backend, dynamic=False)
 
 
 class Mixer:

@@ -324,6 +324,18 @@ def test_compiled_model_trains(data, monkeypatch):
     assert compiled.best_f1 == pytest.approx(plain.best_f1, abs=0.05)
 
 
+def test_every_fold_is_compiled_however_many_shapes_came_before(data, monkeypatch):
+    # A worker's trials sample batch sizes; each shape is one more entry in the cache of the
+    # backbone's forward, and torch runs it eagerly, silently, once the cache is full.
+    monkeypatch.setenv("HPO_COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)  # one fold's train + eval
+    graphs = torch._dynamo.utils.counters["stats"]
+    for batch_size in (8, 10, 12):
+        before = graphs["unique_graphs"]
+        fit_fold(config(max_epochs=1, compile="default", batch_size=batch_size), data, CPU)
+        assert graphs["unique_graphs"] - before == 2, f"batch size {batch_size} ran uncompiled"
+
+
 def test_mixup_and_cutmix_mix_labels_in_the_share_of_their_pixels():
     torch.manual_seed(0)
     x = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1).expand(8, 3, 10, 10).contiguous()
