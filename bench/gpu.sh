@@ -37,7 +37,7 @@ for what in "$@"; do
             step gpuaug-light 120 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --augment-on gpu --epochs 4 "${photos[@]}" ;;
     effgpu) step effgpu 150 python3 bench/throughput.py --backbone efficientnet_b0 --image-size 224 --batch-size 128 --augment-on gpu --epochs 4 "${photos[@]}" ;;
     ops) step ops 120 python3 bench/data_path.py --image-size 224 --images 256 ;;
-    naive) step naive 300 python3 bench/naive_vs_hpo.py --image-size 128 --naive-workers 8 ;;
+    naive) step naive 420 python3 bench/naive_vs_hpo.py --image-size 128 --naive-workers 8 ;;
     *) echo "unknown step: $what"; exit 2 ;;
     esac
 done
