@@ -3,6 +3,7 @@ plan, seed trials enqueued. Shared by `hpo run`, `hpo worker`, `hpo enqueue` and
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -167,12 +168,15 @@ def connect(spec: StudySpec, url: str | None = None) -> StudyHandle:
     url = resolve_url(url, spec)
     w = spec.workers
     storage = open_storage(url, w.heartbeat_interval, w.grace_period, w.max_retry)
-    with study_lock(url, spec.name):
+    with study_lock(url, spec.name) as held:
         study, plan = open_study(spec, storage, table, plan)
         ensure_note(study, spec, table, plan)
         for params in spec.seed_trials:
             study.enqueue_trial(params, skip_if_exists=True)
-    return StudyHandle(spec, url, storage, study, table, plan)
+    handle = StudyHandle(spec, url, storage, study, table, plan)
+    if held.lost:
+        fail_duplicates_waiting(handle)
+    return handle
 
 
 def enqueue(handle: StudyHandle, trials: list[dict[str, Any]]) -> int:
@@ -180,11 +184,30 @@ def enqueue(handle: StudyHandle, trials: list[dict[str, Any]]) -> int:
     when several processes enqueue at once. Returns how many were added."""
     for i, params in enumerate(trials):
         check_params(handle.spec.search, params, f"trial {i}")
-    with handle.lock():
+    with handle.lock() as held:
         before = len(handle.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         for params in trials:
             handle.study.enqueue_trial(params, skip_if_exists=True)
-        return len(handle.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - before
+        added = len(handle.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - before
+    if held.lost:
+        fail_duplicates_waiting(handle)
+    return added
+
+
+def fail_duplicates_waiting(handle: StudyHandle) -> None:
+    """After a lock lost to a database restart: another process may have enqueued the same
+    parameters meanwhile (both looked, saw none, and added them). The first waiting copy stays;
+    the later ones are failed, so no configuration runs twice."""
+    seen = set()
+    with handle.lock():
+        for trial in handle.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            params = json.dumps(trial.system_attrs.get("fixed_params", trial.params), sort_keys=True)
+            if params in seen:
+                log.warning("trial %d was enqueued twice during a database restart; failing the copy", trial.number)
+                handle.storage.set_trial_user_attr(trial._trial_id, "fail_reason",
+                                                   "enqueued twice during a database restart")
+                handle.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            seen.add(params)
 
 
 def count_states(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> dict[TrialState, int]:

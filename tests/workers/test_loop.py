@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 
+import optuna
 import pytest
 import torch
-from optuna.trial import TrialState
+from optuna.trial import TrialState, create_trial
 from sqlalchemy.exc import OperationalError
 
-from hpo import objective
+from hpo import objective, study
 from hpo.config import load_params_file, parse_spec
 from hpo.errors import ConfigError
 from hpo.run import run_study
@@ -74,6 +75,36 @@ def test_enqueue_skips_duplicates(image_root, tmp_path):
     with pytest.raises(ConfigError, match=r"trial 1: lr=50 is outside its range"):
         enqueue(handle, [{"lr": 0.004}, {"lr": 50}])
     assert len(handle.study.trials) == 2  # nothing of a refused file is enqueued
+
+
+def test_a_configuration_enqueued_twice_under_a_lost_lock_runs_once(image_root, tmp_path, monkeypatch):
+    """A database restart ends the lock's session while seeds (or `hpo enqueue`) are added: a
+    rival process may look for the same parameters, find none, and add them too."""
+    seed, other = {"lr": 0.005, "loss": "focal"}, {"lr": 0.002, "loss": "focal"}
+    spec = parse_spec(tiny_study(image_root, tmp_path, seed_trials=[seed]))
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    real_lock, calls = study.study_lock, []
+    rival_adds = {0: seed, 2: other}  # in connect's block and enqueue's (1 and 3: their clean-ups)
+
+    @contextmanager
+    def lock(*args):
+        calls.append(args)
+        with real_lock(*args) as held:
+            yield held
+            if (params := rival_adds.get(len(calls) - 1)) is not None:
+                rival = optuna.load_study(study_name=spec.name, storage=url)
+                rival.add_trial(create_trial(state=TrialState.WAITING, system_attrs={"fixed_params": params}))
+                held.lost = True
+
+    monkeypatch.setattr(study, "study_lock", lock)
+    handle = connect(spec, url)
+    assert enqueue(handle, [other]) == 1
+    trials = handle.study.get_trials()
+    assert [(t.system_attrs["fixed_params"], t.state) for t in trials] == [
+        (seed, TrialState.WAITING), (seed, TrialState.FAIL), (other, TrialState.WAITING), (other, TrialState.FAIL)]
+    assert trials[1].user_attrs["fail_reason"] == "enqueued twice during a database restart"
+    run = run_study(spec, url, live=False)  # budget 2 (tiny_study): exactly the two configurations
+    assert sorted(t.params["lr"] for t in run.study.trials if t.state == TrialState.COMPLETE) == [0.002, 0.005]
 
 
 def test_params_file_is_one_mapping_or_a_list(tmp_path):
