@@ -117,11 +117,22 @@ def trial_recipe(args: argparse.Namespace):
 def real_trial(args: argparse.Namespace, device: torch.device, images: np.ndarray, labels: np.ndarray,
                on_epoch=None) -> tuple[float, float]:
     """The trial's training images/second and share of time waiting for batches (medians of the
-    epochs after the first)."""
+    epochs after the first). Also prints what the first epoch took beyond the others (compiling,
+    starting the loader's workers)."""
     everything = np.arange(len(labels))
     val = everything[:: max(2, len(labels) // (2 * args.batch_size))][: args.batch_size]
     train = np.setdiff1d(everything, val)
-    result = fit_fold(trial_recipe(args), FoldData(images, labels, train, val, CLASSES), device, on_epoch=on_epoch)
+    ends = [time.perf_counter()]
+
+    def timed_epoch(result) -> None:
+        ends.append(time.perf_counter())
+        if on_epoch is not None:
+            on_epoch(result)
+
+    result = fit_fold(trial_recipe(args), FoldData(images, labels, train, val, CLASSES), device, on_epoch=timed_epoch)
+    seconds = np.diff(ends)
+    if len(seconds) > 1:
+        print(f"    first epoch {seconds[0]:.1f} s, the others {statistics.median(seconds[1:]):.1f} s", flush=True)
     timed = result.history[1:] or result.history
     return statistics.median(e.images_per_second for e in timed), statistics.median(e.data_wait for e in timed)
 

@@ -57,6 +57,7 @@ ATTR_PLAN, ATTR_FINGERPRINT, ATTR_CV, ATTR_SPEC = "fold_plan", "data_fingerprint
 ATTR_CLASSES = "classes"
 RETRY_SECONDS = 120.0
 MAX_BACKOFF_SECONDS = 5.0  # the longest sleep between two tries of a retried call
+CONNECT_RETRY_SECONDS = 10.0  # opening a storage: a database restarting, or workers racing to create the schema
 PERMANENT_CONNECT_ERRORS = ("does not exist", "password authentication failed", "no pg_hba.conf entry")
 # What a storage call raises when the database itself fails (for callers that must carry on).
 STORAGE_FAILURES = (StorageInternalError, SQLAlchemyError)
@@ -252,7 +253,7 @@ def open_storage(
                 callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
             # Workers starting together on a new database race to create Optuna's schema; the
             # loser's insert of the schema version fails, and the schema is there when it looks again.
-            storage = retrying(RetryingRDBStorage, "connect", seconds=10,
+            storage = retrying(RetryingRDBStorage, "connect", seconds=CONNECT_RETRY_SECONDS,
                                retry_if=lambda e: is_transient(e) or isinstance(e, IntegrityError))(
                 url,
                 engine_kwargs=engine_kwargs,

@@ -14,6 +14,7 @@ import torch
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
+from hpo import storage
 from hpo.cli import app
 from tests.conftest import tiny_study, write_study
 
@@ -109,17 +110,12 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(study_file, tmp_path
     assert_refused(done, message, tmp_path, before)
 
 
-def test_unreachable_storage_exits_2(study_file, tmp_path):
-    done = hpo(
-        "run",
-        "--study",
-        str(study_file),
-        "--storage",
-        "postgresql+psycopg://bob:hunter2@127.0.0.1:1/hpo?connect_timeout=3",
-        cwd=tmp_path,
-    )
-    assert done.returncode == 2
-    assert "cannot open storage postgresql+psycopg://bob:***@127.0.0.1:1/hpo" in done.stderr
+def test_unreachable_storage_exits_2(study_file, tmp_path, hpo_here, monkeypatch):
+    monkeypatch.setattr(storage, "CONNECT_RETRY_SECONDS", 0)  # refused at once, not after 10 s of tries
+    before = sorted(tmp_path.rglob("*"))
+    done = hpo_here("run", "--study", str(study_file), "--storage",
+                    "postgresql+psycopg://bob:hunter2@127.0.0.1:1/hpo?connect_timeout=3", cwd=tmp_path)
+    assert_refused(done, "cannot open storage postgresql+psycopg://bob:***@127.0.0.1:1/hpo", tmp_path, before)
     assert "hunter2" not in done.stderr + done.stdout
 
 
