@@ -173,23 +173,31 @@ def compile_backend() -> str:
     return backend
 
 
-def compiled(model: nn.Module, mode: str) -> nn.Module:
-    """``torch.compile`` in ``mode`` (off: the model as it is). ``HPO_COMPILE_BACKEND`` picks
-    another backend than inductor (aot_eager checks the graph without generating code).
+_compiled_for: TrainConfig | None = None  # the config whose graphs torch's compile caches hold
 
-    Each fold starts from empty compile caches. A worker's trials sample batch and image sizes,
-    and each shape adds an entry to the cache of the backbone's ``forward``: without the reset,
-    torch stops compiling it after 8 entries (``recompile_limit``), and the later trials of the
-    worker would silently run eagerly. Inductor's on-disk cache keeps a recompile short.
-    Shapes stay static: a fold meets three batch shapes at most (training, evaluation and its
-    last batch). Shapes torch made dynamic after an earlier trial broke CUDA graphs
-    (reduce-overhead) on the H100: the backward of a batch-symbolic graph met weight gradients
-    in a layout it did not expect."""
-    if mode == "off":
+
+def compiled(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """The model's training forward, ``torch.compile``-d in ``cfg.compile`` (off: the model as it
+    is). ``HPO_COMPILE_BACKEND`` picks another backend than inductor (aot_eager checks the graph
+    without generating code).
+
+    The folds of a trial reuse its graphs: a new model of the same config meets the same guards.
+    A new config starts from empty caches: each batch or image size a worker's trials sample
+    would add entries to the cache of the backbone's ``forward``, and after 8
+    (``recompile_limit``) torch runs it eagerly, silently. Shapes are static, and evaluation
+    (whose last batch differs from fold to fold) runs uncompiled: so a trial compiles one graph,
+    two with a freezing strategy that unfreezes. Shapes torch made dynamic after an earlier
+    trial broke CUDA graphs (reduce-overhead) on the H100: the backward of a batch-symbolic graph
+    met weight gradients in a layout it did not expect."""
+    if cfg.compile == "off":
         return model
+    global _compiled_for
     backend = compile_backend()
-    torch.compiler.reset()
-    return torch.compile(model, mode=None if mode == "default" else mode, backend=backend, dynamic=False)
+    if cfg != _compiled_for:
+        torch.compiler.reset()
+        _compiled_for = cfg
+    return torch.compile(model, mode=None if cfg.compile == "default" else cfg.compile, backend=backend,
+                         dynamic=False)
 
 
 class Mixer:
@@ -259,7 +267,7 @@ class _Epochs:
     """What a fold's training epochs use, built once per fold."""
 
     model: nn.Module
-    forward: nn.Module  # the model, compiled when asked
+    forward: nn.Module  # the model's training forward, compiled when asked
     loader: torch.utils.data.DataLoader
     stepper: Stepper
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -317,7 +325,7 @@ class _Epochs:
         size = max(256, 2 * batch_size)
         batches = self.val_images.split(size) if self.val_images is not None else host_batches(
             data.images, data.val_idx, size)
-        logits = predict_logits(self.forward, batches, self.device, self.mean, self.std, self.autocast)
+        logits = predict_logits(self.model, batches, self.device, self.mean, self.std, self.autocast)
         val_loss = float(nn.functional.cross_entropy(logits, self.val_targets))
         return logits.argmax(1).cpu().numpy(), val_loss
 
@@ -348,7 +356,7 @@ def _epochs(cfg: TrainConfig, data: FoldData, device: torch.device, seed: int) -
                                 data.factors, cfg.head)
     mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
-    epochs = _Epochs(model, compiled(model, cfg.compile), loader, stepper, criterion,
+    epochs = _Epochs(model, compiled(model, cfg), loader, stepper, criterion,
                      Mixer(cfg.mixup, cfg.cutmix, seed), autocast, mean, std, device,
                      torch.as_tensor(data.val_labels, device=device), kept_on_gpu(data.images, data.val_idx, device),
                      side_stream(device), augment)

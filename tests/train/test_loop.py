@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -15,7 +16,7 @@ from hpo.data.loader import AugmentedImages
 from hpo.errors import ConfigError, TrainingDiverged
 from hpo.progress import waiting
 from hpo.train import loop
-from hpo.train.config import AugmentOp, Component
+from hpo.train.config import AugmentOp, Component, TrainConfig
 from hpo.train.loop import fit_fold, predict_logits
 from hpo.train.models import create_model
 from tests.train.helpers import config, fold_data
@@ -324,16 +325,24 @@ def test_compiled_model_trains(data, monkeypatch):
     assert compiled.best_f1 == pytest.approx(plain.best_f1, abs=0.05)
 
 
-def test_every_fold_is_compiled_however_many_shapes_came_before(data, monkeypatch):
-    # A worker's trials sample batch sizes; each shape is one more entry in the cache of the
+def test_a_worker_compiles_each_config_once_however_many_came_before(data, monkeypatch):
+    # A worker's trials sample batch sizes; each shape was one more entry in the cache of the
     # backbone's forward, and torch runs it eagerly, silently, once the cache is full.
     monkeypatch.setenv("HPO_COMPILE_BACKEND", "aot_eager")
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)  # one fold's train + eval
+    monkeypatch.setattr(loop, "_compiled_for", None)
     graphs = torch._dynamo.utils.counters["stats"]
-    for batch_size in (8, 10, 12):
+
+    def new_graphs(cfg: TrainConfig) -> int:
         before = graphs["unique_graphs"]
-        fit_fold(config(max_epochs=1, compile="default", batch_size=batch_size), data, CPU)
-        assert graphs["unique_graphs"] - before == 2, f"batch size {batch_size} ran uncompiled"
+        fit_fold(cfg, data, CPU)
+        return graphs["unique_graphs"] - before
+
+    first = config(max_epochs=1, compile="default", batch_size=8)
+    assert new_graphs(first) == 1  # training's: evaluation runs uncompiled
+    assert new_graphs(first) == 0  # the trial's next fold reuses it
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)  # a trial's one training graph
+    for batch_size in (10, 12):
+        assert new_graphs(replace(first, batch_size=batch_size)) == 1, f"batch size {batch_size} ran uncompiled"
 
 
 def test_mixup_and_cutmix_mix_labels_in_the_share_of_their_pixels():
