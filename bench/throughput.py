@@ -57,7 +57,7 @@ def sync(device: torch.device) -> None:
 
 def model_alone(args: argparse.Namespace, device: torch.device) -> float:
     """Images/second of training steps on one synthetic batch resident on the device."""
-    model = compiled(to_device(create_model(args.backbone, False, CLASSES), device), args.compile)
+    model = compiled(to_device(create_model(args.backbone, False, CLASSES), device), trial_recipe(args))
     optimizer = build_optimizer("adamw", {}, model, 1e-3, 0.01)
     autocast, scaler = autocast_for(device)
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
@@ -132,7 +132,7 @@ def real_trial(args: argparse.Namespace, device: torch.device, images: np.ndarra
     result = fit_fold(trial_recipe(args), FoldData(images, labels, train, val, CLASSES), device, on_epoch=timed_epoch)
     seconds = np.diff(ends)
     if len(seconds) > 1:
-        print(f"    first epoch {seconds[0]:.1f} s, the others {statistics.median(seconds[1:]):.1f} s", flush=True)
+        print(f"    first epoch {seconds[0]:.2f} s, the others {statistics.median(seconds[1:]):.2f} s", flush=True)
     timed = result.history[1:] or result.history
     return statistics.median(e.images_per_second for e in timed), statistics.median(e.data_wait for e in timed)
 

@@ -171,43 +171,55 @@ def connect(spec: StudySpec, url: str | None = None) -> StudyHandle:
     with study_lock(url, spec.name) as held:
         study, plan = open_study(spec, storage, table, plan)
         ensure_note(study, spec, table, plan)
-        for params in spec.seed_trials:
-            study.enqueue_trial(params, skip_if_exists=True)
+        _enqueue_new(study, spec.seed_trials)
     handle = StudyHandle(spec, url, storage, study, table, plan)
     if held.lost:
-        fail_duplicates_waiting(handle)
+        fail_duplicates(handle, spec.seed_trials)
     return handle
 
 
 def enqueue(handle: StudyHandle, trials: list[dict[str, Any]]) -> int:
     """Put known configurations first; a configuration already in the study is skipped, even
-    when several processes enqueue at once. Returns how many were added."""
+    when several processes enqueue at once. Returns how many were added (after a lock lost to a
+    database restart, a rival's copy added at the same moment may be counted too)."""
     for i, params in enumerate(trials):
         check_params(handle.spec.search, params, f"trial {i}")
     with handle.lock() as held:
-        before = len(handle.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-        for params in trials:
-            handle.study.enqueue_trial(params, skip_if_exists=True)
-        added = len(handle.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - before
+        added = _enqueue_new(handle.study, trials)
     if held.lost:
-        fail_duplicates_waiting(handle)
+        fail_duplicates(handle, trials)
     return added
 
 
-def fail_duplicates_waiting(handle: StudyHandle) -> None:
-    """After a lock lost to a database restart: another process may have enqueued the same
-    parameters meanwhile (both looked, saw none, and added them). The first waiting copy stays;
-    the later ones are failed, so no configuration runs twice."""
+def _enqueue_new(study: optuna.Study, trials: list[dict[str, Any]]) -> int:
+    """Under the study lock: the configurations not yet in the study, enqueued; how many."""
+    waiting = (TrialState.WAITING,)
+    before = len(study.get_trials(deepcopy=False, states=waiting))
+    for params in trials:
+        study.enqueue_trial(params, skip_if_exists=True)
+    return len(study.get_trials(deepcopy=False, states=waiting)) - before
+
+
+def fail_duplicates(handle: StudyHandle, enqueued: list[dict[str, Any]]) -> None:
+    """After the lock was lost to a database restart while ``enqueued`` were added: another
+    process may have added the same configurations meanwhile (both looked, saw none, added).
+    Each keeps its first copy, in any state (a worker may have claimed it since); later copies
+    still waiting are failed, so none runs twice. Retries and requeues of a trial carry its
+    parameters too and are left alone."""
+    wanted = {json.dumps(params, sort_keys=True) for params in enqueued}
     seen = set()
     with handle.lock():
-        for trial in handle.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            params = json.dumps(trial.system_attrs.get("fixed_params", trial.params), sort_keys=True)
-            if params in seen:
+        for trial in handle.study.get_trials(deepcopy=False):  # in number order: first copies first
+            fixed = trial.system_attrs.get("fixed_params")
+            if fixed is None or "failed_trial" in trial.system_attrs or "requeued_from" in trial.user_attrs:
+                continue
+            key = json.dumps(fixed, sort_keys=True)
+            if key in wanted and key in seen and trial.state == TrialState.WAITING:
                 log.warning("trial %d was enqueued twice during a database restart; failing the copy", trial.number)
                 handle.storage.set_trial_user_attr(trial._trial_id, "fail_reason",
                                                    "enqueued twice during a database restart")
                 handle.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            seen.add(params)
+            seen.add(key)
 
 
 def count_states(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> dict[TrialState, int]:

@@ -173,7 +173,7 @@ def compile_backend() -> str:
     return backend
 
 
-_compiled_for: TrainConfig | None = None  # the config whose graphs torch's compile caches hold
+_compiled_for: tuple | None = None  # what torch's compile caches hold graphs of (see compiled)
 
 
 def compiled(model: nn.Module, cfg: TrainConfig) -> nn.Module:
@@ -181,21 +181,20 @@ def compiled(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     is). ``HPO_COMPILE_BACKEND`` picks another backend than inductor (aot_eager checks the graph
     without generating code).
 
-    The folds of a trial reuse its graphs: a new model of the same config meets the same guards.
-    A new config starts from empty caches: each batch or image size a worker's trials sample
-    would add entries to the cache of the backbone's ``forward``, and after 8
-    (``recompile_limit``) torch runs it eagerly, silently. Shapes are static, and evaluation
-    (whose last batch differs from fold to fold) runs uncompiled: so a trial compiles one graph,
-    two with a freezing strategy that unfreezes. Shapes torch made dynamic after an earlier
-    trial broke CUDA graphs (reduce-overhead) on the H100: the backward of a batch-symbolic graph
-    met weight gradients in a layout it did not expect."""
+    One graph per trial (two with a freezing strategy that unfreezes): shapes are static, the
+    folds reuse it (a new model of the same config and shapes meets the same guards), and
+    evaluation, whose last batch changes from fold to fold, runs uncompiled. The caches are
+    emptied when another config comes: each shape a worker's trials sample is one more cache
+    entry of the backbone's ``forward``, and past ``recompile_limit`` (8) torch runs it
+    eagerly, silently. BENCHMARKS.md tells what dynamic shapes did to CUDA graphs."""
     if cfg.compile == "off":
         return model
     global _compiled_for
     backend = compile_backend()
-    if cfg != _compiled_for:
+    key = (cfg, tuple(p.shape for p in model.parameters()), next(model.parameters()).device)
+    if key != _compiled_for:
         torch.compiler.reset()
-        _compiled_for = cfg
+        _compiled_for = key
     return torch.compile(model, mode=None if cfg.compile == "default" else cfg.compile, backend=backend,
                          dynamic=False)
 

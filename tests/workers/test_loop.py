@@ -95,16 +95,25 @@ def test_a_configuration_enqueued_twice_under_a_lost_lock_runs_once(image_root, 
                 rival = optuna.load_study(study_name=spec.name, storage=url)
                 rival.add_trial(create_trial(state=TrialState.WAITING, system_attrs={"fixed_params": params}))
                 held.lost = True
+                if len(calls) == 1:  # and a worker claims the first copy before the clean-up
+                    rival._storage.set_trial_state_values(rival.trials[0]._trial_id, TrialState.RUNNING)
 
     monkeypatch.setattr(study, "study_lock", lock)
     handle = connect(spec, url)
-    assert enqueue(handle, [other]) == 1
-    trials = handle.study.get_trials()
-    assert [(t.system_attrs["fixed_params"], t.state) for t in trials] == [
-        (seed, TrialState.WAITING), (seed, TrialState.FAIL), (other, TrialState.WAITING), (other, TrialState.FAIL)]
-    assert trials[1].user_attrs["fail_reason"] == "enqueued twice during a database restart"
-    run = run_study(spec, url, live=False)  # budget 2 (tiny_study): exactly the two configurations
-    assert sorted(t.params["lr"] for t in run.study.trials if t.state == TrialState.COMPLETE) == [0.002, 0.005]
+    storage = handle.storage
+    states = lambda: [(t.system_attrs.get("fixed_params"), t.state) for t in handle.study.get_trials()]  # noqa: E731
+    assert states() == [(seed, TrialState.RUNNING), (seed, TrialState.FAIL)]
+    assert handle.study.trials[1].user_attrs["fail_reason"] == "enqueued twice during a database restart"
+
+    # Not copies: two workers' claims put back to the queue, a retry of a trial.
+    for claim in [handle.study.ask(), handle.study.ask()]:
+        storage.set_trial_state_values(claim._trial_id, TrialState.WAITING)
+    handle.study.add_trial(create_trial(state=TrialState.WAITING,
+                                        system_attrs={"fixed_params": seed, "failed_trial": 0}))
+    assert enqueue(handle, [seed, other]) == 1
+    assert states() == [(seed, TrialState.RUNNING), (seed, TrialState.FAIL), (None, TrialState.WAITING),
+                        (None, TrialState.WAITING), (seed, TrialState.WAITING), (other, TrialState.WAITING),
+                        (other, TrialState.FAIL)]
 
 
 def test_params_file_is_one_mapping_or_a_list(tmp_path):

@@ -1,0 +1,54 @@
+"""The benchmark scripts still run against the package (tiny sizes, CPU): their figures are
+measured on other machines, but an API change must not leave them broken until then."""
+
+from __future__ import annotations
+
+import re
+import runpy
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.fixture
+def bench(monkeypatch, tmp_path, capsys):
+    """Run bench/NAME.py as a script with ``args``; returns what it printed."""
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the scripts put bench/ first
+    monkeypatch.setenv("HPO_CACHE", str(tmp_path / "cache"))  # the scripts set it for their run
+    verbosity = optuna.logging.get_verbosity()
+
+    def run(name: str, *args: str) -> str:
+        monkeypatch.setattr(sys, "argv", [name, *args, "--data", str(tmp_path / "photos")])
+        runpy.run_path(str(BENCH / f"{name}.py"), run_name="__main__")
+        return capsys.readouterr().out
+
+    yield run
+    optuna.logging.set_verbosity(verbosity)
+
+
+def figure(pattern: str, out: str) -> float:
+    found = re.search(pattern, out)
+    assert found, f"no {pattern!r} in:\n{out}"
+    return float(found.group(1))
+
+
+def test_throughput_prints_the_trial_against_the_model(bench, monkeypatch):
+    monkeypatch.setenv("HPO_COMPILE_BACKEND", "aot_eager")  # compiled as on a GPU, without generating code
+    out = bench("throughput", "--backbone", "test_resnet", "--image-size", "16", "--batch-size", "8",
+                "--images", "48", "--epochs", "2", "--steps", "2", "--compile", "default")
+    assert figure(r"\(a\) model alone: ([\d.]+) images/s", out) > 0
+    assert figure(r"\(b\) hpo trial: +([\d.]+) images/s", out) > 0
+    assert figure(r"ratio \(b\)/\(a\): +([\d.]+)", out) > 0
+    assert figure(r"first epoch ([\d.]+) s", out) > 0
+
+
+def test_naive_vs_hpo_runs_both_searches(bench):
+    out = bench("naive_vs_hpo", "--trials", "2", "--epochs", "1", "--folds", "2", "--per-class", "6",
+                "--image-size", "16")
+    assert "hpo run:" in out and figure(r"best macro F1 ([\d.]+)", out) >= 0
+    assert figure(r"common way: \d+ s, 2 trials complete, best macro F1 ([\d.]+)", out) >= 0
+    assert figure(r"speed-up: x([\d.]+)", out) > 0
