@@ -340,9 +340,9 @@ def test_a_worker_compiles_each_config_once_however_many_came_before(data, monke
     first = config(max_epochs=1, compile="default", batch_size=8)
     assert new_graphs(first) == 1  # training's: evaluation runs uncompiled
     assert new_graphs(first) == 0  # the trial's next fold reuses it
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)  # a trial's one training graph
-    for batch_size in (10, 12):
-        assert new_graphs(replace(first, batch_size=batch_size)) == 1, f"batch size {batch_size} ran uncompiled"
+    with torch._dynamo.config.patch(recompile_limit=1):  # a trial's one training graph
+        for batch_size in (10, 12):
+            assert new_graphs(replace(first, batch_size=batch_size)) == 1, f"batch size {batch_size} ran uncompiled"
 
 
 def test_mixup_and_cutmix_mix_labels_in_the_share_of_their_pixels():
