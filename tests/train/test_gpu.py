@@ -69,6 +69,20 @@ def test_compiled_with_inductor(data, monkeypatch, mode):
     assert result.best_f1 >= 0.9
 
 
+def test_cuda_graphs_serve_every_fold_and_the_next_trial(data, monkeypatch):
+    # A trial's folds reuse its graph with each fold's new model (its parameters elsewhere in
+    # memory: the graphs are recorded again); a trial of another batch size starts from empty caches.
+    monkeypatch.delenv("HPO_COMPILE_BACKEND", raising=False)
+    monkeypatch.setattr(loop, "_compiled_for", None)
+    graphs = torch._dynamo.utils.counters["stats"]
+    first = config(max_epochs=3, lr=1e-2, compile="reduce-overhead")
+    for cfg, fold, compiles in [(first, 0, 1), (first, 1, 0), (replace(first, batch_size=12), 0, 1)]:
+        before = graphs["unique_graphs"]
+        result = fit_fold(cfg, data, GPU, fold)
+        assert graphs["unique_graphs"] - before == compiles
+        assert result.best_f1 >= 0.9
+
+
 def cublas_warmed() -> tuple[int, int]:
     """Allocated and reserved bytes once cuBLAS holds its per-thread workspaces (forward on this
     thread, backward on autograd's): the process keeps those for its life, trial or no trial."""
