@@ -77,7 +77,6 @@ def test_enqueue_skips_duplicates(image_root, tmp_path):
     assert len(handle.study.trials) == 2  # nothing of a refused file is enqueued
 
 
-@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask() outside Study.optimize, as workers do
 def test_a_configuration_enqueued_twice_under_a_lost_lock_runs_once(image_root, tmp_path, monkeypatch):
     """A database restart ends the lock's session while seeds (or `hpo enqueue`) are added: a
     rival process may look for the same parameters, find none, and add them too."""
