@@ -280,6 +280,11 @@ class HeldLock:
     lost: bool = False
 
 
+def advisory_lock_key(study_name: str) -> int:
+    """The PostgreSQL advisory lock that stands for ``study_name``'s study lock."""
+    return zlib.crc32(f"hpo:{study_name}".encode())
+
+
 @contextmanager
 def study_lock(url: str, study_name: str) -> Iterator[HeldLock]:
     """A lock shared by every process using this study: a file lock beside a SQLite database,
@@ -300,7 +305,7 @@ def study_lock(url: str, study_name: str) -> Iterator[HeldLock]:
     if make_url(url).get_backend_name() != "postgresql":
         yield held  # other databases: no cross-process lock (documented limitation)
         return
-    key = zlib.crc32(f"hpo:{study_name}".encode())
+    key = advisory_lock_key(study_name)
     engine = create_engine(url, poolclass=NullPool)
 
     def locked_connection() -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import zlib
 
 import optuna
 import pytest
@@ -15,6 +14,7 @@ from hpo.config import parse_spec
 from hpo.errors import StorageError
 from hpo.storage import (
     MAX_BACKOFF_SECONDS,
+    advisory_lock_key,
     is_transient,
     open_storage,
     redact,
@@ -123,7 +123,7 @@ def test_losing_the_study_lock_with_its_connection_does_not_fail_the_locked_step
         with admin.connect() as connection:  # as a server restart does to every session
             ended = connection.execute(text("SELECT pg_terminate_backend(pid, 5000) FROM pg_locks"
                                             " WHERE locktype = 'advisory' AND objid::bigint = :key"),
-                                       {"key": zlib.crc32(b"hpo:lost-lock")}).scalars().all()
+                                       {"key": advisory_lock_key("lost-lock")}).scalars().all()
         assert ended == [True]
         done.append("claimed")
     assert done == ["claimed"] and held.lost  # the caller can check what may have interleaved
@@ -137,7 +137,7 @@ def test_waiting_for_the_study_lock_survives_losing_the_connection(postgres_url,
 
     from sqlalchemy import create_engine, text
 
-    key = zlib.crc32(b"hpo:waited-lock")
+    key = advisory_lock_key("waited-lock")
     admin = create_engine(postgres_url)
     request.addfinalizer(admin.dispose)
     holder = admin.connect()
