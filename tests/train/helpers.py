@@ -6,12 +6,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from hpo.data.cache import decoded
 from hpo.data.folds import fold_indices, make_fold_plan
 from hpo.data.formats import load_table
 from hpo.train.config import Component, TrainConfig
-from hpo.train.loop import FoldData
+from hpo.train.loop import FoldData, FoldResult, fit_fold
 
 BASE = TrainConfig(
     backbone="test_resnet",
@@ -47,4 +48,12 @@ def config(**changes) -> TrainConfig:
     return replace(BASE, **changes)
 
 
-__all__ = ["BASE", "config", "fold_data", "np"]
+def fit_counting_graphs(cfg: TrainConfig, data: FoldData, device: torch.device, fold: int = 0) -> tuple[int, FoldResult]:
+    """``fit_fold``, and how many graphs torch.compile made for it."""
+    graphs = torch._dynamo.utils.counters["stats"]
+    before = graphs["unique_graphs"]
+    result = fit_fold(cfg, data, device, fold)
+    return graphs["unique_graphs"] - before, result
+
+
+__all__ = ["BASE", "config", "fit_counting_graphs", "fold_data", "np"]

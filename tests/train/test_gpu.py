@@ -22,7 +22,7 @@ from hpo.train.config import AugmentOp, Component
 from hpo.train.loop import autocast_for, fit_fold
 from hpo.train.optim import build_optimizer
 from tests.conftest import tiny_study
-from tests.train.helpers import config, fold_data
+from tests.train.helpers import config, fit_counting_graphs, fold_data
 
 pytestmark = [
     pytest.mark.gpu,
@@ -74,12 +74,10 @@ def test_cuda_graphs_serve_every_fold_and_the_next_trial(data, monkeypatch):
     # memory: the graphs are recorded again); a trial of another batch size starts from empty caches.
     monkeypatch.delenv("HPO_COMPILE_BACKEND", raising=False)
     monkeypatch.setattr(loop, "_compiled_for", None)
-    graphs = torch._dynamo.utils.counters["stats"]
     first = config(max_epochs=3, lr=1e-2, compile="reduce-overhead")
     for cfg, fold, compiles in [(first, 0, 1), (first, 1, 0), (replace(first, batch_size=12), 0, 1)]:
-        before = graphs["unique_graphs"]
-        result = fit_fold(cfg, data, GPU, fold)
-        assert graphs["unique_graphs"] - before == compiles
+        graphs, result = fit_counting_graphs(cfg, data, GPU, fold)
+        assert graphs == compiles
         assert result.best_f1 >= 0.9
 
 

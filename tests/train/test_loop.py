@@ -19,7 +19,7 @@ from hpo.train import loop
 from hpo.train.config import AugmentOp, Component, TrainConfig
 from hpo.train.loop import fit_fold, predict_logits
 from hpo.train.models import create_model
-from tests.train.helpers import config, fold_data
+from tests.train.helpers import config, fit_counting_graphs, fold_data
 
 CPU = torch.device("cpu")
 
@@ -330,12 +330,9 @@ def test_a_worker_compiles_each_config_once_however_many_came_before(data, monke
     # backbone's forward, and torch runs it eagerly, silently, once the cache is full.
     monkeypatch.setenv("HPO_COMPILE_BACKEND", "aot_eager")
     monkeypatch.setattr(loop, "_compiled_for", None)
-    graphs = torch._dynamo.utils.counters["stats"]
 
     def new_graphs(cfg: TrainConfig) -> int:
-        before = graphs["unique_graphs"]
-        fit_fold(cfg, data, CPU)
-        return graphs["unique_graphs"] - before
+        return fit_counting_graphs(cfg, data, CPU)[0]
 
     first = config(max_epochs=1, compile="default", batch_size=8)
     assert new_graphs(first) == 1  # training's: evaluation runs uncompiled
