@@ -18,7 +18,8 @@ import signal
 import socket
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -59,13 +60,42 @@ def is_device_failure(error: BaseException) -> bool:
     )
 
 
-def raise_on_sigterm() -> None:
-    """Turn SIGTERM into WorkerStopping in the main thread (as Ctrl-C is KeyboardInterrupt)."""
+_stop_requested: type[BaseException] | None = None  # what a SIGTERM asked to raise (see stop_if_requested)
+
+
+def raise_on_sigterm(stop: type[BaseException] = WorkerStopping) -> None:
+    """Turn SIGTERM into ``stop`` raised in the main thread (as Ctrl-C is KeyboardInterrupt)."""
+    global _stop_requested
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise WorkerStopping()
+        global _stop_requested
+        _stop_requested = stop
+        raise stop()
 
+    _stop_requested = None
     signal.signal(signal.SIGTERM, handler)
+
+
+@contextmanager
+def sigterm_raises(stop: type[BaseException]) -> Iterator[None]:
+    """raise_on_sigterm(stop) for the block; the handler before it, and no stop asked, after."""
+    global _stop_requested
+    previous = signal.getsignal(signal.SIGTERM)
+    raise_on_sigterm(stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _stop_requested = None
+
+
+def stop_if_requested() -> None:
+    """The SIGTERM's exception again, where the signal handler's was lost: raised while Python
+    ran a finalizer or a weakref callback (a DataLoader's, say), it is only printed ("Exception
+    ignored"), and a worker went on to finish the whole budget. Workers check between trials
+    and after every epoch, the pool at every look at its workers."""
+    if _stop_requested is not None:
+        raise _stop_requested()
 
 
 @dataclass
@@ -85,11 +115,12 @@ class Worker:
     def run(self) -> int:
         """Run trials until the budget is reached or the timeout passes; returns how many ran."""
         spec, study = self.handle.spec, self.handle.study
-        objective = Objective(spec, self.handle.table, self.handle.plan, self.device, self.on_epoch)
+        objective = Objective(spec, self.handle.table, self.handle.plan, self.device, self._epoch_ended)
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         self._register()
         with sweeper(study, spec.workers.sweep_interval, also=self._register):
             while deadline is None or time.monotonic() < deadline:
+                stop_if_requested()
                 claimed = self._claim()
                 if claimed is None:
                     break
@@ -99,6 +130,11 @@ class Worker:
                 self._run_trial(objective, claimed)
         self._register(finished=True)
         return self.ran
+
+    def _epoch_ended(self, event: EpochEvent) -> None:
+        stop_if_requested()
+        if self.on_epoch is not None:
+            self.on_epoch(event)
 
     def _claim(self) -> optuna.Trial | str | None:
         with self.handle.lock() as held:

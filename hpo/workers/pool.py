@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 import torch
 from optuna.trial import TrialState
@@ -24,7 +23,7 @@ from hpo.progress import RunDisplay
 from hpo.storage import ENV_STORAGE, STORAGE_FAILURES, is_sqlite
 from hpo.study import StudyHandle
 from hpo.workers.heartbeat import sweeper
-from hpo.workers.loop import EXIT_DONE, EXIT_INPUT
+from hpo.workers.loop import EXIT_DONE, EXIT_INPUT, sigterm_raises, stop_if_requested
 
 log = logging.getLogger(__name__)
 
@@ -91,23 +90,22 @@ class Pool:
     def run(self) -> None:
         """Start the workers and supervise them until the budget is done."""
         self.logs.mkdir(parents=True, exist_ok=True)
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-        try:
-            with sweeper(self.handle.study, self.handle.spec.workers.sweep_interval), \
-                    RunDisplay(self.handle.study, self.budget, self.console, self.live) as display:
-                self.processes = [self._spawn(slot) for slot in self.slots]
-                self.console.print(f"started {len(self.slots)} workers ({_describe(self.slots)});"
-                                   f" logs in {self.logs}", soft_wrap=True)
-                while not all(p.done for p in self.processes):
-                    self._supervise()
+        with sigterm_raises(KeyboardInterrupt):  # unwinds the display, then stop() below
+            try:
+                with sweeper(self.handle.study, self.handle.spec.workers.sweep_interval), \
+                        RunDisplay(self.handle.study, self.budget, self.console, self.live) as display:
+                    self.processes = [self._spawn(slot) for slot in self.slots]
+                    self.console.print(f"started {len(self.slots)} workers ({_describe(self.slots)});"
+                                       f" logs in {self.logs}", soft_wrap=True)
+                    while not all(p.done for p in self.processes):
+                        stop_if_requested()
+                        self._supervise()
+                        _quietly(display.poll)
+                        time.sleep(POLL_SECONDS)
                     _quietly(display.poll)
-                    time.sleep(POLL_SECONDS)
-                _quietly(display.poll)
-        except KeyboardInterrupt:
-            self.stop()
-            raise
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+            except KeyboardInterrupt:
+                self.stop()
+                raise
 
     def _spawn(self, slot: Slot, restarts: int = 0) -> _Process:
         remaining = None if self.deadline is None else max(1.0, self.deadline - time.monotonic())
@@ -180,10 +178,6 @@ def _quietly(refresh: Callable[[], None]) -> None:
         refresh()
     except STORAGE_FAILURES as e:
         log.warning("display not refreshed: %s", first_line(e))
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def _describe(slots: list[Slot]) -> str:
