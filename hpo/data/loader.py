@@ -7,6 +7,7 @@ import itertools
 import logging
 import os
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -41,6 +42,11 @@ def weighted(labels: np.ndarray, generator: torch.Generator) -> Sampler:
 
 
 RING_BYTES = 2**30
+# Batches whose copy to the GPU may still be running when the training loop takes the next: a
+# page-locked ring (RingLoader) goes to the GPU straight from its slots, so it keeps this many
+# slots beyond those in the workers' hands, and on_device lets the loader write a slot again only
+# once the copy out of it, this many batches back, is done.
+COPIES_IN_FLIGHT = 2
 log = logging.getLogger(__name__)
 # Each loader's ring of shared batch buffers, as the training process sees it, by token: a
 # SlotBatch crossing from a worker carries the token, not the buffer.
@@ -51,8 +57,9 @@ _RING_TOKENS = itertools.count()  # not random: the trial seeds that generator
 @dataclass
 class SlotBatch:
     """A batch a loader worker wrote into slot ``slot`` of a shared ring; only this small record
-    crosses the process boundary. DataLoader's pin-memory thread calls ``pin_memory``, which
-    copies the images out of the slot, after which the slot may be written again."""
+    crosses the process boundary. DataLoader's pin-memory thread calls ``pin_memory``: it copies
+    the images out of the slot into pinned memory, or, where the ring is page-locked (RingLoader),
+    hands on the slot itself, which the GPU then copies from (torch pins a pinned tensor as itself)."""
 
     ring: int
     slot: int
@@ -123,10 +130,11 @@ class AugmentedImages(Dataset):
 class SlottedBatches(Sampler):
     """Each batch of ``batches`` paired with the ring slot its worker writes into, in turn.
 
-    DataLoader keeps at most ``prefetch_factor x workers`` batches in flight and, delivering in
-    order (its default, ``in_order=True``), asks for the next only after handing one over
-    (already copied out by the pin thread, or in the hands of the training loop, which copies it
-    at once): a ring one slot larger is never overwritten while it is read.
+    DataLoader keeps ``prefetch_factor x workers`` batches in flight and, delivering in order (its
+    default, ``in_order=True``), asks for the next only on handing one over: the request made on
+    handing over batch ``j`` goes to the slot of batch ``j - 1 - COPIES_IN_FLIGHT``. By then the pin
+    thread has copied that batch out, or (a page-locked ring) on_device has waited for its copy
+    to the GPU, which it does before taking batch ``j``; across epochs the slots go on in turn.
     """
 
     def __init__(self, batches: BatchSampler, slots: int) -> None:
@@ -152,12 +160,58 @@ class RingLoader(DataLoader):
     workers) would only fight them and the training process for the cores. They are forked with
     OpenCV set to one thread: setting it in a forked worker hangs once the parent has used its
     pool.
+
+    On a GPU the ring is page-locked once the workers exist (page_lock), so that batches go to
+    the GPU straight from their slots: the pin thread's copy of each batch into pinned memory
+    (19 MB for 128 images at 224 px, on one thread of the training process) was the loader's
+    limit under CUDA graphs. Its batches are then views of the ring, valid until
+    ``COPIES_IN_FLIGHT`` more are taken: on_device copies them to the GPU and waits as needed.
     """
+
+    _locked = False
 
     def __iter__(self):
         with opencv_threads(1):  # the first iter() forks the workers, which keep this setting
             batches = super().__iter__()
+        if self.pin_memory and not self._locked:
+            # Not before the fork: the driver may hide page-locked memory from child processes.
+            self._locked = page_lock(self.dataset.ring)
         return (batch.materialize() if isinstance(batch, SlotBatch) else batch for batch in batches)
+
+
+_refused_warned = False
+
+
+def page_lock(ring: torch.Tensor) -> bool:
+    """Register the ring's shared memory with CUDA (cudaHostRegister) for the life of the ring;
+    False, with a warning (once per process), where the driver refuses: the pin thread then copies
+    each batch into pinned memory, as without it."""
+    global _refused_warned
+    cudart = torch.cuda.cudart()
+    error = cudart.cudaHostRegister(ring.data_ptr(), ring.nbytes, 1)  # 1: portable
+    if int(error) == 0:
+        weakref.finalize(ring, _unlock, ring.data_ptr(), torch.cuda.current_device())
+        return True
+    _forget_cuda_error()
+    if not _refused_warned:
+        _refused_warned = True
+        log.warning("CUDA refused to page-lock the loader's shared memory (%s): batches are copied into pinned"
+                    " memory first, which may slow training on fast models", cudart.cudaGetErrorString(error))
+    return False
+
+
+def _unlock(pointer: int, device: int) -> None:
+    """Unregister a ring being freed, once no copy out of it can still be running."""
+    with contextlib.suppress(Exception):  # a finalizer must not raise (interpreter exit)
+        torch.cuda.synchronize(device)
+        torch.cuda.cudart().cudaHostUnregister(pointer)
+
+
+def _forget_cuda_error() -> None:
+    """Take the refused call's error off the CUDA runtime, which keeps it for the next
+    cudaGetLastError: torch calls that after each kernel launch and would blame the kernel."""
+    with contextlib.suppress(Exception):
+        torch.ones(1, device="cuda").add_(1)
 
 
 def _whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,7 +276,8 @@ def ring_plan(workers: int, slot_bytes: int, augmented: bool = True) -> tuple[in
     clear error (a ring past the free space ends in a worker killed by SIGBUS mid-trial), or,
     for workers that only gather (not ``augmented``), none: the training process gathers."""
     free = shared_memory_free()
-    room = None if free is None else free // 2 // slot_bytes - 1  # slots besides the batch in hand
+    spare = 1 + COPIES_IN_FLIGHT  # the batch in hand and those being copied
+    room = None if free is None else free // 2 // slot_bytes - spare  # slots for the workers
     if room is not None and room < workers:
         if room < 1 and not augmented:
             log.warning("/dev/shm has %d MiB free: batches gathered in the training process (docker run"
@@ -237,7 +292,7 @@ def ring_plan(workers: int, slot_bytes: int, augmented: bool = True) -> tuple[in
         log.warning("/dev/shm has %d MiB free: %d loader workers instead of %d (docker run --shm-size=8g)",
                     free // 2**20, room, workers)
         workers = room
-    ahead = RING_BYTES // slot_bytes - 1 if room is None else min(RING_BYTES // slot_bytes - 1, room)
+    ahead = RING_BYTES // slot_bytes - spare if room is None else min(RING_BYTES // slot_bytes - spare, room)
     return workers, max(1, min(4, ahead // workers))
 
 
@@ -263,7 +318,8 @@ def train_loader(
         return DataLoader(AugmentedImages(images, labels, indices, pipeline), batch_sampler=batches,
                           collate_fn=_whole_batch, generator=generator, pin_memory=device.type == "cuda")
     assert images.dtype == np.uint8, "the ring holds decoded uint8 images"
-    ring = torch.empty((workers * prefetch + 1, batch_size, *images.shape[1:]), dtype=torch.uint8).share_memory_()
+    slots = workers * prefetch + 1 + COPIES_IN_FLIGHT
+    ring = torch.empty((slots, batch_size, *images.shape[1:]), dtype=torch.uint8).share_memory_()
     return RingLoader(
         AugmentedImages(images, labels, indices, pipeline, ring),
         batch_sampler=SlottedBatches(batches, len(ring)),
@@ -317,16 +373,38 @@ def on_device(
         return
     main = torch.cuda.current_stream(device)
     side.wait_stream(main)  # mean and std were made on the main stream
+    copies: deque[torch.cuda.Event] = deque()  # of the batches whose host memory may be read still
     ahead = None
-    for images, labels in batches:
+    for images, labels in _after_copies(batches, copies):
         with torch.cuda.stream(side):
             x, y = to_input(images, device, mean, std, augment), labels.to(device, non_blocking=True)
-            copied = side.record_event()
+            copies.append(side.record_event())
         if ahead is not None:
             yield _hand_over(*ahead, main)
-        ahead = x, y, copied
+        ahead = x, y, copies[-1]
     if ahead is not None:
         yield _hand_over(*ahead, main)
+    for copy in copies:  # the next epoch's batches go on through the ring
+        _wait(copy)
+
+
+def _after_copies(batches: Iterable, copies: deque[torch.cuda.Event]) -> Iterator:
+    """``batches``, each taken only once the batch ``COPIES_IN_FLIGHT + 1`` back has been copied
+    out of the host memory that taking it lets the loader write again (RingLoader)."""
+    batches = iter(batches)
+    while True:
+        while len(copies) > COPIES_IN_FLIGHT:
+            _wait(copies.popleft())
+        try:
+            yield next(batches)
+        except StopIteration:
+            return
+
+
+def _wait(copy: torch.cuda.Event) -> None:
+    """Until ``copy`` is done: a query, not a sync, where it is, as it nearly always is."""
+    if not copy.query():
+        copy.synchronize()
 
 
 def _hand_over(x: torch.Tensor, y: torch.Tensor, copied: torch.cuda.Event,

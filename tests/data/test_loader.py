@@ -101,19 +101,22 @@ def test_ring_fits_the_shared_memory_or_says_how_to_get_more(images, monkeypatch
     slot = 12 * 6 * 6 * 3  # bytes of one batch
 
     def loader_with_free_slots(slots: int, pipeline=None):
-        monkeypatch.setattr(loader_module, "shared_memory_free", lambda: 2 * slots * slot)  # half is used
+        # Half the free space is used; the batch in hand and those being copied take their slots.
+        free = 2 * (slots + 1 + loader_module.COPIES_IN_FLIGHT) * slot
+        monkeypatch.setattr(loader_module, "shared_memory_free", lambda: free)
         return train_loader(images, np.arange(60), np.arange(60), pipeline, 12, 0, CPU)
 
-    loader = loader_with_free_slots(2 * 2 + 1)
-    assert (loader.num_workers, loader.prefetch_factor) == (2, 2)  # not 2 x 4 + 1 slots
+    loader = loader_with_free_slots(2 * 2)
+    assert (loader.num_workers, loader.prefetch_factor) == (2, 2)  # not 2 x 4
+    assert len(loader.dataset.ring) == 2 * 2 + 1 + loader_module.COPIES_IN_FLIGHT
     assert sorted(i for x, _ in loader for i in x[:, 0, 0, 0].tolist()) == list(range(60))
-    loader = loader_with_free_slots(2)
+    loader = loader_with_free_slots(1)
     assert (loader.num_workers, loader.prefetch_factor) == (1, 1)
     assert "1 loader workers instead of 2" in caplog.text
     with pytest.raises(DataError, match=r"/dev/shm has 0 MiB free: give it more .*shm-size.*HPO_LOADER_WORKERS=0"):
-        loader_with_free_slots(1, build_pipeline([AugmentOp("hflip", 0.0, 0.5)], 6))
+        loader_with_free_slots(0, build_pipeline([AugmentOp("hflip", 0.0, 0.5)], 6))
     # Workers that would only gather are a help, not a need: without room the trial gathers itself.
-    assert loader_with_free_slots(1).num_workers == 0
+    assert loader_with_free_slots(0).num_workers == 0
     assert "batches gathered in the training process" in caplog.text
 
 
@@ -134,6 +137,24 @@ def test_pin_thread_copies_a_slot_batch_out(images, monkeypatch):
     x_again = x.clone()
     raw.images().fill_(255)  # the slot written again: the copy handed on is untouched
     assert torch.equal(x, x_again) and (x.numpy() < 60).all()
+
+
+@pytest.mark.timeout(120)
+def test_a_slot_is_written_again_only_after_the_batches_being_copied(images, monkeypatch):
+    """A page-locked ring hands on views of its slots, which the GPU copies from while the next
+    batches are taken: each must hold its images until ``COPIES_IN_FLIGHT`` more are taken,
+    across epochs too. Views held as on_device holds them, the workers given time to run ahead."""
+    from torch.utils.data import DataLoader
+
+    monkeypatch.setenv("HPO_LOADER_WORKERS", "2")
+    loader = train_loader(images, np.arange(60), np.arange(60), None, 6, 0, CPU)
+    held = []  # (view of the slot, the ids its images must show)
+    for _ in range(3):
+        for batch in DataLoader.__iter__(loader):  # as the pin thread receives them
+            held = [*held[-loader_module.COPIES_IN_FLIGHT:], (batch.images(), batch.labels.copy())]
+            time.sleep(0.02)  # the workers fill every slot the ring lets them
+            for view, ids in held:
+                assert view[:, 0, 0, 0].tolist() == ids.tolist()
 
 
 def _paint_opencv_threads(image: np.ndarray, **_) -> np.ndarray:
