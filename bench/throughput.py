@@ -40,7 +40,7 @@ from _common import recipe, tiled, write_photos  # noqa: E402
 from hpo.data import cache  # noqa: E402
 from hpo.data.augment import build_pipeline, preset_ops  # noqa: E402
 from hpo.data.formats import load_table  # noqa: E402
-from hpo.data.loader import on_device, opencv_threads, side_stream  # noqa: E402
+from hpo.data.loader import RING_BYTES, on_device, opencv_threads, side_stream  # noqa: E402
 from hpo.objective import pick_device  # noqa: E402
 from hpo.train.config import AUGMENT_ON, AugmentOp  # noqa: E402
 from hpo.train.loop import FoldData, Stepper, autocast_for, compiled, fit_fold, fold_batches  # noqa: E402
@@ -102,6 +102,26 @@ def unfused() -> None:
     from hpo.train import optim
 
     optim.fused = lambda model: {}
+
+
+def copied_ring() -> None:
+    """Loader rings from now on left pageable: DataLoader's pin thread copies each batch out of
+    its slot into pinned memory, as before hpo page-locked the ring (an experiment: what that gains)."""
+    from hpo.data import loader
+
+    loader.page_lock = lambda ring: False
+
+
+def page_lock_seconds() -> float:
+    """Seconds to page-lock a ring of the largest size (once per fold, on a GPU) and let it go."""
+    from hpo.data.loader import page_lock
+
+    ring = torch.empty(RING_BYTES, dtype=torch.uint8).share_memory_()
+    started = time.perf_counter()
+    locked = page_lock(ring)
+    del ring  # unlocked as it is freed
+    seconds = time.perf_counter() - started
+    return seconds if locked else float("nan")
 
 
 def preset(name: str) -> tuple[AugmentOp, ...]:
@@ -254,6 +274,8 @@ def main() -> None:
                         help="where the trial augments (the study's train.augment_on)")
     parser.add_argument("--unfused", action="store_true",
                         help="also time the model alone and the trial with torch's default optimizer kernels, not fused ones")
+    parser.add_argument("--copied-ring", action="store_true",
+                        help="also time the loader alone and the trial with the ring not page-locked: the pin thread copies each batch")
     parser.add_argument("--profile", action="store_true",
                         help="then profile one more trial's second epoch (torch.profiler): host time, GPU busy, host waits")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "hpo-bench-photos")
@@ -311,6 +333,11 @@ def main() -> None:
     if args.unfused:
         unfused()
         print(f"unfused optimizer: (a) {model_alone(args, device):.1f} images/s,"
+              f" (b) {rate_and_wait(real_trial(args, device, images, labels))}", flush=True)
+    if args.copied_ring and gpu:
+        print(f"page-locking a {RING_BYTES >> 20} MiB ring and letting it go: {page_lock_seconds():.2f} s", flush=True)
+        copied_ring()
+        print(f"ring copied by the pin thread: (c) {loader_alone(args, device, images, labels):.1f} images/s,"
               f" (b) {rate_and_wait(real_trial(args, device, images, labels))}", flush=True)
     if args.profile:
         profiled_trial(args, device, images, labels)

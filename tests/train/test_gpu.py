@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import replace
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -123,6 +124,52 @@ def test_batches_copied_on_the_side_stream_match_the_main_streams():
         busy = busy @ busy / 4096  # the main stream lags behind the copies
         assert torch.equal(x, to_input(images, GPU, mean, std))
         assert torch.equal(y.cpu(), labels)
+
+
+def test_batches_go_to_the_gpu_straight_from_the_page_locked_ring(monkeypatch):
+    """On a GPU the loader's ring is page-locked once its workers exist, and the pin thread hands
+    on views of its slots, not copies. Each batch must still arrive whole when the copies lag:
+    the side stream is held up before each one, so the host runs ahead, and the workers would
+    write slots still being copied from if on_device did not wait for the copies it needs done."""
+    from hpo.data.loader import on_device, side_stream, to_input, train_loader
+
+    monkeypatch.setenv("HPO_LOADER_WORKERS", "2")
+    images = np.random.default_rng(0).integers(0, 256, (240, 32, 32, 3), dtype=np.uint8)
+    loader = train_loader(images, np.arange(240), np.arange(240), None, 8, 0, GPU)  # labels: the indices
+    mean = torch.tensor([0.4, 0.5, 0.6], device=GPU).view(1, 3, 1, 1)
+    std = torch.tensor([0.2, 0.25, 0.3], device=GPU).view(1, 3, 1, 1)
+    side, ring = side_stream(GPU), loader.dataset.ring
+    views = []
+
+    def held_up(batches):
+        for x, y in batches:
+            views.append(x.untyped_storage().data_ptr() == ring.untyped_storage().data_ptr() and x.is_pinned())
+            with torch.cuda.stream(side):
+                torch.cuda._sleep(10_000_000)  # a few ms: the copy below waits in line
+            yield x, y
+
+    arrived = [batch for _ in range(3) for batch in on_device(held_up(loader), GPU, mean, std, side)]
+    assert loader._locked
+    assert all(views[len(views) // 3:])  # from the second epoch at the latest, every batch a view of the ring
+    for x, y in arrived:  # compared only now: a sync per batch would keep the host from running ahead
+        assert torch.equal(x, to_input(torch.from_numpy(images[y.cpu().numpy()]), GPU, mean, std))
+    assert sorted(torch.cat([y for _, y in arrived]).tolist()) == sorted(list(range(240)) * 3)
+
+
+def test_a_ring_cuda_refuses_to_page_lock_is_copied_and_cuda_goes_on(monkeypatch, caplog):
+    """A refused cudaHostRegister leaves its error in the CUDA runtime, where torch's check after
+    the next kernel launch would find it: page_lock takes it off, warns, and the ring is copied."""
+    from hpo.data import loader as loader_module
+
+    monkeypatch.setattr(loader_module, "_refused_warned", False)
+    ring = torch.empty(8, 4096, dtype=torch.uint8).share_memory_()
+    kept = ring[0]  # the memory outlives the tensor the lock is tied to
+    assert loader_module.page_lock(ring) and kept.is_pinned()
+    assert not loader_module.page_lock(ring)  # registered already: refused
+    assert "CUDA refused to page-lock" in caplog.text
+    assert torch.ones(4, device=GPU).sum().item() == 4  # the refused call's error is not this kernel's
+    del ring
+    assert not kept.is_pinned()  # unlocked with the ring
 
 
 def test_epochs_reuse_the_memory_of_the_last(data, monkeypatch):
