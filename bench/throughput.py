@@ -104,6 +104,21 @@ def unfused() -> None:
     optim.fused = lambda model: {}
 
 
+def counted_copy_waits() -> list[int]:
+    """From now on, [copies on_device waited for, those it found still running (the host blocked)]."""
+    from hpo.data import loader
+
+    counts, wait = [0, 0], loader._wait
+
+    def counted(copy: torch.cuda.Event) -> None:
+        counts[0] += 1
+        counts[1] += not copy.query()
+        wait(copy)
+
+    loader._wait = counted
+    return counts
+
+
 def copied_ring() -> None:
     """Loader rings from now on left pageable: DataLoader's pin thread copies each batch out of
     its slot into pinned memory, as before hpo page-locked the ring (an experiment: what that gains)."""
@@ -113,9 +128,12 @@ def copied_ring() -> None:
 
 
 def page_lock_seconds() -> float:
-    """Seconds to page-lock a ring of the largest size (once per fold, on a GPU) and let it go."""
-    from hpo.data.loader import page_lock
+    """Seconds to page-lock a ring of the largest size (once per fold, on a GPU) and let it go;
+    nan where /dev/shm has no room for it or the lock is refused."""
+    from hpo.data.loader import page_lock, shared_memory_free
 
+    if (shared_memory_free() or 0) < 2 * RING_BYTES:
+        return float("nan")
     ring = torch.empty(RING_BYTES, dtype=torch.uint8).share_memory_()
     started = time.perf_counter()
     locked = page_lock(ring)
@@ -316,7 +334,11 @@ def main() -> None:
 
     # (a) before and after (b): on a shared machine the speed drifts, the mean brackets (b).
     before = model_alone(args, device)
+    copy_waits = counted_copy_waits()
     trial, waited = real_trial(args, device, images, labels)
+    if gpu:
+        print(f"the trial's host blocked on {copy_waits[1]} of the {copy_waits[0]} copies it checked before"
+              " letting their slot be written again", flush=True)
     after = model_alone(args, device)
     alone = (before + after) / 2
     print(f"(a) model alone: {alone:.1f} images/s (before {before:.1f}, after {after:.1f})", flush=True)

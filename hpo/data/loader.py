@@ -44,8 +44,8 @@ def weighted(labels: np.ndarray, generator: torch.Generator) -> Sampler:
 RING_BYTES = 2**30
 # Batches whose copy to the GPU may still be running when the training loop takes the next: a
 # page-locked ring (RingLoader) goes to the GPU straight from its slots, so it keeps this many
-# slots beyond those in the workers' hands, and on_device lets the loader write a slot again only
-# once the copy out of it, this many batches back, is done.
+# slots beyond those in the workers' hands and the batch in hand, and on_device takes batch j
+# only once the copy out of the slot that taking it lets the workers write (batch j - 1 - this) is done.
 COPIES_IN_FLIGHT = 2
 log = logging.getLogger(__name__)
 # Each loader's ring of shared batch buffers, as the training process sees it, by token: a
@@ -142,8 +142,8 @@ class SlottedBatches(Sampler):
 
     def __iter__(self):
         for positions in self.batches:
-            yield self.next_slot, positions
-            self.next_slot = (self.next_slot + 1) % self.slots
+            slot, self.next_slot = self.next_slot, (self.next_slot + 1) % self.slots
+            yield slot, positions  # a pass cut short still moves on: its last slot may be in use
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -162,18 +162,19 @@ class RingLoader(DataLoader):
     pool.
 
     On a GPU the ring is page-locked once the workers exist (page_lock), so that batches go to
-    the GPU straight from their slots: the pin thread's copy of each batch into pinned memory
-    (19 MB for 128 images at 224 px, on one thread of the training process) was the loader's
-    limit under CUDA graphs. Its batches are then views of the ring, valid until
-    ``COPIES_IN_FLIGHT`` more are taken: on_device copies them to the GPU and waits as needed.
+    the GPU straight from their slots, without the pin thread's copy of each batch into pinned
+    memory (19 MB for 128 images at 224 px, on one thread of the training process; the suspected
+    limit of the loader under CUDA graphs). Its batches are then views of the ring: batch j's
+    slot is written again once batch j + 1 + ``COPIES_IN_FLIGHT`` is taken, and on_device, which
+    copies them to the GPU, waits for the copy before taking that one.
     """
 
-    _locked = False
+    _locked: bool | None = None  # page-locked; None: not tried yet
 
     def __iter__(self):
         with opencv_threads(1):  # the first iter() forks the workers, which keep this setting
             batches = super().__iter__()
-        if self.pin_memory and not self._locked:
+        if self.pin_memory and self._locked is None:
             # Not before the fork: the driver may hide page-locked memory from child processes.
             self._locked = page_lock(self.dataset.ring)
         return (batch.materialize() if isinstance(batch, SlotBatch) else batch for batch in batches)
@@ -183,10 +184,12 @@ _refused_warned = False
 
 
 def page_lock(ring: torch.Tensor) -> bool:
-    """Register the ring's shared memory with CUDA (cudaHostRegister) for the life of the ring;
-    False, with a warning (once per process), where the driver refuses: the pin thread then copies
-    each batch into pinned memory, as without it."""
+    """Register the ring's shared memory with CUDA (cudaHostRegister) until the ring tensor is
+    freed (its views keep it). False where it is page-locked already, and, with a warning (once
+    per process), where the driver refuses: the pin thread then copies each batch into pinned memory."""
     global _refused_warned
+    if ring.is_pinned():
+        return False
     cudart = torch.cuda.cudart()
     error = cudart.cudaHostRegister(ring.data_ptr(), ring.nbytes, 1)  # 1: portable
     if int(error) == 0:
@@ -201,17 +204,20 @@ def page_lock(ring: torch.Tensor) -> bool:
 
 
 def _unlock(pointer: int, device: int) -> None:
-    """Unregister a ring being freed, once no copy out of it can still be running."""
+    """Unregister a ring being freed (when its loader is let go: _Epochs.close), once no copy out
+    of it can still be running."""
     with contextlib.suppress(Exception):  # a finalizer must not raise (interpreter exit)
         torch.cuda.synchronize(device)
-        torch.cuda.cudart().cudaHostUnregister(pointer)
+        if int(torch.cuda.cudart().cudaHostUnregister(pointer)) != 0:
+            _forget_cuda_error()
 
 
 def _forget_cuda_error() -> None:
-    """Take the refused call's error off the CUDA runtime, which keeps it for the next
-    cudaGetLastError: torch calls that after each kernel launch and would blame the kernel."""
+    """Take a failed runtime call's error off this thread's CUDA runtime, which keeps it for the
+    next cudaGetLastError: torch calls that after each kernel launch and would blame the kernel
+    for it. A launch here reads it (torch then raises, and that is all)."""
     with contextlib.suppress(Exception):
-        torch.ones(1, device="cuda").add_(1)
+        torch.ones(1, device="cuda")
 
 
 def _whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -375,17 +381,19 @@ def on_device(
     side.wait_stream(main)  # mean and std were made on the main stream
     copies: deque[torch.cuda.Event] = deque()  # of the batches whose host memory may be read still
     ahead = None
-    for images, labels in _after_copies(batches, copies):
-        with torch.cuda.stream(side):
-            x, y = to_input(images, device, mean, std, augment), labels.to(device, non_blocking=True)
-            copies.append(side.record_event())
+    try:
+        for images, labels in _after_copies(batches, copies):
+            with torch.cuda.stream(side):
+                x, y = to_input(images, device, mean, std, augment), labels.to(device, non_blocking=True)
+                copies.append(side.record_event())
+            if ahead is not None:
+                yield _hand_over(*ahead, main)
+            ahead = x, y, copies[-1]
         if ahead is not None:
             yield _hand_over(*ahead, main)
-        ahead = x, y, copies[-1]
-    if ahead is not None:
-        yield _hand_over(*ahead, main)
-    for copy in copies:  # the next epoch's batches go on through the ring
-        _wait(copy)
+    finally:  # the loader's next pass goes on through the ring, this one finished or not
+        for copy in copies:
+            _wait(copy)
 
 
 def _after_copies(batches: Iterable, copies: deque[torch.cuda.Event]) -> Iterator:

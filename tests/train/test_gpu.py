@@ -149,7 +149,7 @@ def test_batches_go_to_the_gpu_straight_from_the_page_locked_ring(monkeypatch):
             yield x, y
 
     arrived = [batch for _ in range(3) for batch in on_device(held_up(loader), GPU, mean, std, side)]
-    assert loader._locked
+    assert loader._locked is True
     assert all(views[len(views) // 3:])  # from the second epoch at the latest, every batch a view of the ring
     for x, y in arrived:  # compared only now: a sync per batch would keep the host from running ahead
         assert torch.equal(x, to_input(torch.from_numpy(images[y.cpu().numpy()]), GPU, mean, std))
@@ -163,9 +163,12 @@ def test_a_ring_cuda_refuses_to_page_lock_is_copied_and_cuda_goes_on(monkeypatch
 
     monkeypatch.setattr(loader_module, "_refused_warned", False)
     ring = torch.empty(8, 4096, dtype=torch.uint8).share_memory_()
-    kept = ring[0]  # the memory outlives the tensor the lock is tied to
+    kept = ring.untyped_storage()  # the memory outlives the tensor the lock is tied to (a view would not)
     assert loader_module.page_lock(ring) and kept.is_pinned()
-    assert not loader_module.page_lock(ring)  # registered already: refused
+    # Registered already: the driver refuses (page_lock itself checks first, so ask it directly).
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self, *args: False)
+    assert not loader_module.page_lock(ring)
+    monkeypatch.undo()
     assert "CUDA refused to page-lock" in caplog.text
     assert torch.ones(4, device=GPU).sum().item() == 4  # the refused call's error is not this kernel's
     del ring

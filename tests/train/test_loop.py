@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import time
+import weakref
 from dataclasses import replace
 from functools import partial
 
@@ -87,6 +89,40 @@ def test_a_fold_failing_mid_epoch_stops_its_loader_workers_at_once(data, monkeyp
         fit_fold(config(max_epochs=2), data, CPU)
     assert failure.traceback  # still held here
     assert multiprocessing.active_children() == []
+
+
+def test_a_folds_loader_ring_is_freed_as_the_fold_ends(data, monkeypatch):
+    """On a GPU the ring stays page-locked until the ring tensor is freed: that must happen when
+    the fold ends, finished or failed, not at some later garbage collection (which could land
+    in the next fold's CUDA graph capture, where unregistering memory is not allowed)."""
+    monkeypatch.setenv("HPO_LOADER_WORKERS", "2")
+    rings = []
+    made = AugmentedImages.__init__
+
+    def kept_track(self, *args, **kwargs):
+        made(self, *args, **kwargs)
+        rings.append(weakref.ref(self.ring))
+
+    monkeypatch.setattr(AugmentedImages, "__init__", kept_track)
+    hflip = (AugmentOp("hflip", 0.0, 0.5),)
+    gc.disable()
+    try:
+        fit_fold(config(max_epochs=2, augment=hflip), data, CPU)
+        assert len(rings) == 1 and rings[0]() is None
+        backward = loop.Stepper.backward
+
+        def fail_on_the_second_batch(self, loss, batch):
+            if batch == 1:
+                raise RuntimeError("CUDA out of memory (simulated)")
+            backward(self, loss, batch)
+
+        monkeypatch.setattr(loop.Stepper, "backward", fail_on_the_second_batch)
+        with pytest.raises(RuntimeError, match="simulated") as failure:
+            fit_fold(config(max_epochs=2, augment=hflip), data, CPU)
+        assert failure.traceback  # still held here, with the epoch's frames
+        assert len(rings) == 2 and rings[1]() is None
+    finally:
+        gc.enable()
 
 
 def test_wait_clock_counts_the_time_spent_in_next_not_in_the_loop():
