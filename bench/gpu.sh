@@ -33,8 +33,9 @@ for what in "$@"; do
     # CUDA graphs on both backbones, with what compiling costs (the first epoch against the others).
     graphs) step graphs-resnet18 200 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --compile reduce-overhead --loader-workers 12 "${photos[@]}"
             step graphs-effnet 200 python3 bench/throughput.py --backbone efficientnet_b0 --image-size 224 --batch-size 128 --epochs 4 --compile reduce-overhead "${photos[@]}" ;;
-    # Batches straight from the page-locked ring against copied by the pin thread, eager and graphed.
-    pagelock) step pagelock-eager 200 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --copied-ring "${photos[@]}"
+    # Batches straight from the page-locked ring against copied by the pin thread, eager and graphed;
+    # eager with the training process on cores apart from the loader workers.
+    pagelock) step pagelock-eager 200 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --copied-ring --cores-apart "${photos[@]}"
               step pagelock-graphs 200 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --compile reduce-overhead --copied-ring "${photos[@]}" ;;
     # Where the trial's time goes (torch.profiler over epoch 2): host time by op, GPU busy, host waits.
     profile) step profile 200 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 3 --profile "${photos[@]}" ;;

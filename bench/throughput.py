@@ -24,11 +24,13 @@ common way (PIL decode + torchvision transforms every epoch) for comparison.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +96,31 @@ def niced(increment: int) -> None:
         start(worker_id)
 
     loader._seed_worker = start_niced
+
+
+@contextlib.contextmanager
+def cores_apart(own: int = 2) -> Iterator[None]:
+    """For the block, the training process (its launching thread, the pin thread) on ``own`` cores
+    of its own and the loader workers, one fewer, on the others (an experiment: hpo does not do
+    this): does the launching thread lose time to workers on its core?"""
+    from hpo.data import loader
+
+    cores = sorted(os.sched_getaffinity(0))
+    start = loader._seed_worker
+
+    def start_apart(worker_id: int) -> None:
+        os.sched_setaffinity(0, cores[own:])
+        start(worker_id)
+
+    loader._seed_worker = start_apart
+    os.environ["HPO_LOADER_WORKERS"] = str(len(cores) - own)
+    os.sched_setaffinity(0, cores[:own])
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, cores)
+        os.environ.pop("HPO_LOADER_WORKERS", None)
+        loader._seed_worker = start
 
 
 def unfused() -> None:
@@ -292,6 +319,8 @@ def main() -> None:
                         help="where the trial augments (the study's train.augment_on)")
     parser.add_argument("--unfused", action="store_true",
                         help="also time the model alone and the trial with torch's default optimizer kernels, not fused ones")
+    parser.add_argument("--cores-apart", action="store_true",
+                        help="also time the trial with the training process on 2 cores of its own, the loader workers on the others")
     parser.add_argument("--copied-ring", action="store_true",
                         help="also time the loader alone and the trial with the ring not page-locked: the pin thread copies each batch")
     parser.add_argument("--profile", action="store_true",
@@ -352,6 +381,10 @@ def main() -> None:
         print(f"(b) with loader workers at nice {args.worker_nice}: {rate_and_wait(real_trial(args, device, images, labels))}",
               flush=True)
     print(f"ratio (b)/(a):   {trial / alone:.2f}", flush=True)
+    if args.cores_apart and gpu:  # loader workers run on a GPU only
+        with cores_apart():
+            print(f"(b) with the training process on 2 cores apart: {rate_and_wait(real_trial(args, device, images, labels))}",
+                  flush=True)
     if args.unfused:
         unfused()
         print(f"unfused optimizer: (a) {model_alone(args, device):.1f} images/s,"
