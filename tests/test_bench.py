@@ -52,3 +52,12 @@ def test_naive_vs_hpo_runs_both_searches(bench):
     assert "hpo run:" in out and figure(r"best macro F1 ([\d.]+)", out) >= 0
     assert figure(r"common way: \d+ s, 2 trials complete, best macro F1 ([\d.]+)", out) >= 0
     assert figure(r"speed-up: x([\d.]+)", out) > 0
+
+
+def test_hpos_epoch_loop_adds_a_few_ops_to_the_models_step(bench):
+    """On a GPU every aten op is a launch the host pays for: a per-step .item() (a host sync), a
+    copy of the parameters or a metric computed per batch would show here as more ops per step."""
+    out = bench("step_ops", "--backbone", "test_resnet", "--image-size", "16")
+    assert figure(r"model alone: (\d+) aten ops per step", out) > 50
+    assert figure(r"([\d.]+) more", out) <= 20
+    assert figure(r"aten._local_scalar_dense ([\d.]+)", out) <= 1 / 16  # the loss, read once an epoch of 16 steps
