@@ -36,7 +36,7 @@ for what in "$@"; do
     # Batches straight from the page-locked ring against copied by the pin thread, eager and graphed;
     # eager with the training process on cores apart from the loader workers.
     pagelock) step pagelock-eager 200 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --copied-ring --cores-apart "${photos[@]}"
-              step pagelock-graphs 200 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --compile reduce-overhead --copied-ring "${photos[@]}" ;;
+              step pagelock-graphs 240 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --compile reduce-overhead --copied-ring "${photos[@]}" ;;
     # Where the trial's time goes (torch.profiler over epoch 2): host time by op, GPU busy, host waits.
     profile) step profile 200 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 3 --profile "${photos[@]}" ;;
     # The augmentation in batch on the GPU (train.augment_on: gpu) against the workers' figures above.
