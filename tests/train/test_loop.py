@@ -71,20 +71,25 @@ def test_callback_can_stop_training_at_once(data):
     assert epochs == [0]
 
 
+def fail_on_the_second_batch(monkeypatch) -> None:
+    """From now on every epoch fails on its second batch, as out of memory."""
+    backward = loop.Stepper.backward
+
+    def failing(self, loss, batch):
+        if batch == 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        backward(self, loss, batch)
+
+    monkeypatch.setattr(loop.Stepper, "backward", failing)
+
+
 def test_a_fold_failing_mid_epoch_stops_its_loader_workers_at_once(data, monkeypatch):
     """A failure inside an epoch (out of memory, say) must not leave the loader's worker processes
     running for as long as its traceback is held (the worker's error handling, a log call)."""
     import multiprocessing
 
     monkeypatch.setenv("HPO_LOADER_WORKERS", "2")
-    backward = loop.Stepper.backward
-
-    def fail_on_the_second_batch(self, loss, batch):
-        if batch == 1:
-            raise RuntimeError("CUDA out of memory (simulated)")
-        backward(self, loss, batch)
-
-    monkeypatch.setattr(loop.Stepper, "backward", fail_on_the_second_batch)
+    fail_on_the_second_batch(monkeypatch)
     with pytest.raises(RuntimeError, match="simulated") as failure:
         fit_fold(config(max_epochs=2), data, CPU)
     assert failure.traceback  # still held here
@@ -109,14 +114,7 @@ def test_a_folds_loader_ring_is_freed_as_the_fold_ends(data, monkeypatch):
     try:
         fit_fold(config(max_epochs=2, augment=hflip), data, CPU)
         assert len(rings) == 1 and rings[0]() is None
-        backward = loop.Stepper.backward
-
-        def fail_on_the_second_batch(self, loss, batch):
-            if batch == 1:
-                raise RuntimeError("CUDA out of memory (simulated)")
-            backward(self, loss, batch)
-
-        monkeypatch.setattr(loop.Stepper, "backward", fail_on_the_second_batch)
+        fail_on_the_second_batch(monkeypatch)
         with pytest.raises(RuntimeError, match="simulated") as failure:
             fit_fold(config(max_epochs=2, augment=hflip), data, CPU)
         assert failure.traceback  # still held here, with the epoch's frames
