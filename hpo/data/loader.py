@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import mmap
 import os
 import weakref
 from collections import deque
@@ -190,10 +191,13 @@ def page_lock(ring: torch.Tensor) -> bool:
     global _refused_warned
     if ring.is_pinned():
         return False
+    # Whole pages (some drivers ask for them): the mapping the ring lies in begins and ends on one.
+    start = ring.data_ptr() // mmap.PAGESIZE * mmap.PAGESIZE
+    size = -(-(ring.data_ptr() + ring.nbytes - start) // mmap.PAGESIZE) * mmap.PAGESIZE
     cudart = torch.cuda.cudart()
-    error = cudart.cudaHostRegister(ring.data_ptr(), ring.nbytes, 1)  # 1: portable
+    error = cudart.cudaHostRegister(start, size, 1)  # 1: portable
     if int(error) == 0:
-        weakref.finalize(ring, _unlock, ring.data_ptr(), torch.cuda.current_device())
+        weakref.finalize(ring, _unlock, start, torch.cuda.current_device())
         return True
     _forget_cuda_error()
     if not _refused_warned:
