@@ -60,6 +60,11 @@ class RunDisplay:
         if self.live is not None:
             self.live.__exit__(*exc)
 
+    def on_trial_start(self, number: int) -> None:
+        self.running[number] = "starting"
+        self.counts = count_states(self.study)
+        self._refresh()
+
     def on_epoch(self, event: EpochEvent) -> None:
         r = event.result
         self.running[event.trial] = (

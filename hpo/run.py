@@ -75,5 +75,6 @@ def run_study(
         device = pick_device()
         console.print(f"one worker on {device}")
         with RunDisplay(handle.study, budget, console, live) as display:
-            Worker(handle, budget, timeout, device, display.on_epoch, display.on_trial_end).run()
+            Worker(handle, budget, timeout, device, display.on_epoch, display.on_trial_end,
+                   on_trial_start=display.on_trial_start).run()
     return RunResult(handle.study, handle.url, _finished(handle.study) - before)

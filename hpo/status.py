@@ -33,7 +33,10 @@ def study_status(spec: StudySpec, url: str | None = None) -> list[object]:
     counts = count_states(study, trials)
     done = sum(counts[s] for s in COUNTED)
     best = best_value(study)
-    head = Text(f"study {spec.name}: {done}/{spec.budget.n_trials} trials done; "
+    budget = spec.budget.n_trials
+    # Past the file's budget when runs raised it (--n-trials): the count alone, and the file's figure.
+    progress = f"{done}/{budget} trials done" if done <= budget else f"{done} trials done (budget.n_trials {budget})"
+    head = Text(f"study {spec.name}: {progress}; "
                 + ", ".join(f"{s.name.lower()} {n}" for s, n in counts.items() if n)
                 + (f"; best macro F1 {best:.4f} (trial {study.best_trial.number})" if best is not None else ""))
 

@@ -29,7 +29,14 @@ from hpo.space import Param, Range, candidates, check_params
 from hpo.storage import open_storage, open_study, resolve_url, study_lock
 from hpo.train.loop import compile_backend
 from hpo.train.losses import build_loss
-from hpo.train.models import build_freeze, check_head, check_input_size, create_model, takes_img_size
+from hpo.train.models import (
+    build_freeze,
+    check_head,
+    check_input_size,
+    check_patches,
+    create_model,
+    takes_img_size,
+)
 from hpo.train.optim import build_optimizer, build_schedule
 
 log = logging.getLogger(__name__)
@@ -96,11 +103,10 @@ def check_input_sizes(spec: StudySpec) -> None:
     """Every backbone at the smallest and largest image size the study samples (and every size
     between when there are few): a size a backbone cannot take fails here, not in its trials."""
     sizes = image_sizes(spec)
-    if len(sizes) > 8:
-        sizes = [sizes[0], sizes[-1]]
     for backbone in candidates(spec.search.backbone):
-        for size in sizes:
+        for size in sizes if len(sizes) <= 8 else [sizes[0], sizes[-1]]:
             check_input_size(backbone, size)
+        check_patches(backbone, sizes)
 
 
 def check_data_choices(spec: StudySpec, table: ImageTable) -> None:

@@ -173,3 +173,19 @@ def test_components_torch_refuses_fail_before_the_study_starts(image_root, tmp_p
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         prepare(parse_spec(tiny_study(image_root, tmp_path, **{f"search__{key}": value})))
+
+
+def test_sizes_a_vits_patches_do_not_divide_are_refused_before_the_study_starts(image_root, tmp_path):
+    """timm builds some ViTs for 24 px and runs them, on one 16 px patch: the rest is never seen.
+    (Others refuse 24 px themselves: test_vit, in one line from check_input_size.)"""
+    from hpo.study import prepare
+
+    def vit_at(sizes: list[int]):
+        return parse_spec(tiny_study(image_root, tmp_path, search__backbone="test_vit3",
+                                     search__image_size={"choices": sizes}))
+
+    message = "search.image_size: test_vit3 cuts images into 16 px patches, and 24 px is not a multiple of 16"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        prepare(vit_at([16, 24]))
+    table, plan = prepare(vit_at([16, 32]))  # multiples of the patch pass
+    assert len(table) > 0 and len(plan) == len(table)

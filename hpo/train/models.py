@@ -49,6 +49,23 @@ def check_input_size(backbone: str, size: int) -> None:
     )
 
 
+def check_patches(backbone: str, sizes: list[int]) -> None:
+    """A backbone that cuts its input into square patches (ViT, DeiT, EVA, Swin) runs at any size
+    timm builds it for, but where its patch does not divide the size the last pixels of each
+    side are never seen: refused, naming the sizes that fit."""
+    if not takes_img_size(backbone):
+        return
+    with torch.device("meta"):
+        embed = getattr(timm_model(backbone, False, 2, sizes[0]), "patch_embed", None)
+    patch = getattr(embed, "patch_size", None)
+    side = int(patch[0] if isinstance(patch, tuple | list) else patch or 0)
+    if uncut := [size for size in sizes if side and size % side]:
+        raise ConfigError(
+            f"search.image_size: {backbone} cuts images into {side} px patches, and {uncut[0]} px is not a"
+            f" multiple of {side} (its last {uncut[0] % side} px would never be seen); search multiples of {side}"
+        )
+
+
 def create_model(
     backbone: str,
     pretrained: bool | str,

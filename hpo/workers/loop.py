@@ -106,6 +106,7 @@ class Worker:
     device: torch.device = field(default_factory=pick_device)
     on_epoch: Callable[[EpochEvent], None] | None = None
     on_trial_end: Callable[[FrozenTrial], None] | None = None
+    on_trial_start: Callable[[int], None] | None = None  # the claimed trial's number
     name: str = field(default_factory=worker_name)
     poll_seconds: float = 2.0
     ran: int = 0
@@ -173,6 +174,8 @@ class Worker:
             with heartbeat(storage, trial._trial_id, self.handle.spec.workers.heartbeat_interval):
                 self._register()
                 trial.set_user_attr("worker", self.name)
+                if self.on_trial_start is not None:
+                    self.on_trial_start(trial.number)
                 try:
                     value, state = objective(trial), TrialState.COMPLETE
                 except optuna.TrialPruned:
