@@ -52,7 +52,7 @@ def check_input_size(backbone: str, size: int) -> None:
 def check_patches(backbone: str, sizes: list[int]) -> None:
     """A backbone that cuts its input into square patches (ViT, DeiT, EVA, Swin) runs at any size
     timm builds it for, but where its patch does not divide the size the last pixels of each
-    side are never seen: refused, naming the sizes that fit."""
+    side are never seen: refused, naming the multiple to search."""
     if not takes_img_size(backbone):
         return
     with torch.device("meta"):
