@@ -57,7 +57,7 @@ def check_patches(backbone: str, sizes: list[int]) -> None:
         return
     with torch.device("meta"):
         embed = getattr(timm_model(backbone, False, 2, sizes[0]), "patch_embed", None)
-    patch = getattr(embed, "patch_size", None)
+    patch = None if getattr(embed, "dynamic_img_pad", False) else getattr(embed, "patch_size", None)  # padded: all seen
     side = int(patch[0] if isinstance(patch, tuple | list) else patch or 0)
     if uncut := [size for size in sizes if side and size % side]:
         raise ConfigError(
