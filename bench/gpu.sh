@@ -21,7 +21,7 @@ step() {  # step NAME SECONDS COMMAND...
 
 for what in "$@"; do
     case $what in
-    tests) step tests 240 python3 -m pytest -m gpu tests/train/test_gpu.py -q -p no:cacheprovider ;;
+    tests) step tests 200 python3 -m pytest -m gpu tests/train/test_gpu.py -q -p no:cacheprovider ;;
     throughput) step throughput-resnet18 150 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --loader-workers 4 8 "${photos[@]}" ;;
     effnet) step throughput-effnet 120 python3 bench/throughput.py --backbone efficientnet_b0 --image-size 224 --batch-size 128 --epochs 4 "${photos[@]}" ;;
     heavy) step throughput-heavy 120 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --augment heavy --epochs 4 "${photos[@]}" ;;
@@ -35,8 +35,8 @@ for what in "$@"; do
             step graphs-effnet 200 python3 bench/throughput.py --backbone efficientnet_b0 --image-size 224 --batch-size 128 --epochs 4 --compile reduce-overhead "${photos[@]}" ;;
     # Batches straight from the page-locked ring against copied by the pin thread, eager and graphed;
     # eager with the training process on cores apart from the loader workers.
-    pagelock) step pagelock-eager 200 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --copied-ring --cores-apart "${photos[@]}"
-              step pagelock-graphs 240 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --compile reduce-overhead --copied-ring "${photos[@]}" ;;
+    pagelock) step pagelock-eager 160 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --copied-ring --cores-apart "${photos[@]}"
+              step pagelock-graphs 220 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --compile reduce-overhead --copied-ring "${photos[@]}" ;;
     # Where the trial's time goes (torch.profiler over epoch 2): host time by op, GPU busy, host waits.
     profile) step profile 200 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 3 --profile "${photos[@]}" ;;
     # The augmentation in batch on the GPU (train.augment_on: gpu) against the workers' figures above.

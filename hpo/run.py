@@ -12,7 +12,7 @@ from hpo.config import StudySpec
 from hpo.objective import pick_device
 from hpo.progress import FINISHED, RunDisplay
 from hpo.storage import redact, resolve_url
-from hpo.study import COUNTED, connect, count_states
+from hpo.study import COUNTED, connect, count_states, trials_done
 from hpo.workers import Pool, Worker, plan_slots
 from hpo.workers.pool import check_pool_storage
 
@@ -58,7 +58,7 @@ def run_study(
     done = sum(count_states(handle.study)[s] for s in COUNTED)
     console.print(
         f"study [bold]{spec.name}[/] on {redact(handle.url)}: {len(handle.table)} images,"
-        f" {handle.table.num_classes} classes, {spec.cv.folds} folds; {done}/{budget} trials done",
+        f" {handle.table.num_classes} classes, {spec.cv.folds} folds; {trials_done(done, budget)}",
         soft_wrap=True,
     )
     if handle.table.skipped:
@@ -75,6 +75,6 @@ def run_study(
         device = pick_device()
         console.print(f"one worker on {device}")
         with RunDisplay(handle.study, budget, console, live) as display:
-            Worker(handle, budget, timeout, device, display.on_epoch, display.on_trial_end,
+            Worker(handle, budget, timeout, device, on_epoch=display.on_epoch, on_trial_end=display.on_trial_end,
                    on_trial_start=display.on_trial_start).run()
     return RunResult(handle.study, handle.url, _finished(handle.study) - before)

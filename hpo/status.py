@@ -13,7 +13,7 @@ from rich.text import Text
 from hpo.config import StudySpec
 from hpo.errors import StorageError
 from hpo.storage import open_storage, redact, require_database, resolve_url
-from hpo.study import COUNTED, best_value, count_states
+from hpo.study import COUNTED, best_value, count_states, trials_done
 from hpo.workers.loop import WORKER_ATTR_PREFIX
 
 
@@ -33,10 +33,7 @@ def study_status(spec: StudySpec, url: str | None = None) -> list[object]:
     counts = count_states(study, trials)
     done = sum(counts[s] for s in COUNTED)
     best = best_value(study)
-    budget = spec.budget.n_trials
-    # Past the file's budget when runs raised it (--n-trials): the count alone, and the file's figure.
-    progress = f"{done}/{budget} trials done" if done <= budget else f"{done} trials done (budget.n_trials {budget})"
-    head = Text(f"study {spec.name}: {progress}; "
+    head = Text(f"study {spec.name}: {trials_done(done, spec.budget.n_trials)}; "
                 + ", ".join(f"{s.name.lower()} {n}" for s, n in counts.items() if n)
                 + (f"; best macro F1 {best:.4f} (trial {study.best_trial.number})" if best is not None else ""))
 

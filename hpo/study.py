@@ -101,12 +101,14 @@ def check_components(spec: StudySpec) -> None:
 
 def check_input_sizes(spec: StudySpec) -> None:
     """Every backbone at the smallest and largest image size the study samples (and every size
-    between when there are few): a size a backbone cannot take fails here, not in its trials."""
+    between when there are few), and every size against a patch backbone's patch: a size a
+    backbone cannot take, or would take only in part, fails here, not in its trials."""
     sizes = image_sizes(spec)
+    key = "search.image_size" if spec.search.image_size is not None else "data.image_size"
     for backbone in candidates(spec.search.backbone):
         for size in sizes if len(sizes) <= 8 else [sizes[0], sizes[-1]]:
             check_input_size(backbone, size)
-        check_patches(backbone, sizes)
+        check_patches(backbone, sizes, key)
 
 
 def check_data_choices(spec: StudySpec, table: ImageTable) -> None:
@@ -232,6 +234,11 @@ def count_states(study: optuna.Study, trials: list[FrozenTrial] | None = None) -
     """Trials per state; pass ``trials`` when they were just read, to avoid reading them again."""
     trials = study.get_trials(deepcopy=False) if trials is None else trials
     return {state: sum(t.state == state for t in trials) for state in TrialState}
+
+
+def trials_done(done: int, budget: int) -> str:
+    """``done``/``budget``, or, past a budget that earlier runs raised (--n-trials), the count and it."""
+    return f"{done}/{budget} trials done" if done <= budget else f"{done} trials done (budget {budget})"
 
 
 def best_value(study: optuna.Study) -> float | None:

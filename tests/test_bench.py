@@ -55,9 +55,10 @@ def test_naive_vs_hpo_runs_both_searches(bench):
 
 
 def test_hpos_epoch_loop_adds_a_few_ops_to_the_models_step(bench):
-    """On a GPU every aten op is a launch the host pays for: a per-step .item() (a host sync), a
+    """On a GPU most aten ops are a launch the host pays for: a per-step .item() (a host sync), a
     copy of the parameters or a metric computed per batch would show here as more ops per step."""
     out = bench("step_ops", "--backbone", "test_resnet", "--image-size", "16")
     assert figure(r"model alone: (\d+) aten ops per step", out) > 50
     assert figure(r"([\d.]+) more", out) <= 20
-    assert figure(r"aten._local_scalar_dense ([\d.]+)", out) <= 1 / 16  # the loss, read once an epoch of 16 steps
+    reads = re.search(r"aten._local_scalar_dense ([\d.]+)", out)  # the loss, once an epoch of 16 steps
+    assert reads is None or float(reads.group(1)) <= 1 / 16

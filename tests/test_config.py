@@ -189,3 +189,15 @@ def test_sizes_a_vits_patches_do_not_divide_are_refused_before_the_study_starts(
         prepare(vit_at([16, 24]))
     table, plan = prepare(vit_at([16, 32]))  # multiples of the patch pass
     assert len(table) > 0 and len(plan) == len(table)
+    fixed = tiny_study(image_root, tmp_path, search__backbone="test_vit3", data__image_size=24)
+    with pytest.raises(ConfigError, match=re.escape("data.image_size: test_vit3 cuts images into 16 px patches")):
+        prepare(parse_spec(fixed))
+
+
+def test_patch_stems_that_overlap_or_pad_take_any_size():
+    from hpo.train.models import check_patches
+
+    check_patches("pit_ti_224", [232])  # patches of 16 px every 8 px: every pixel seen
+    check_patches("efficientvit_m0", [232])  # padded stride-2 convolutions
+    with pytest.raises(ConfigError, match=r"its last 14 px would never be seen\); use multiples of 16"):
+        check_patches("vit_tiny_patch16_224", [30])

@@ -42,7 +42,7 @@ def test_status_shows_running_trials_and_live_lost_and_finished_workers(image_ro
     out = render(study_status(spec, url))
     assert "study tiny: 2/2 trials done; running 1, complete 1, pruned 1; best macro F1 0.7500 (trial 0)" in out
     study.add_trial(optuna.trial.create_trial(value=0.5))  # a run with --n-trials 3 went past the file's 2
-    assert "study tiny: 3 trials done (budget.n_trials 2); running 1, complete 2" in render(study_status(spec, url))
+    assert "study tiny: 3 trials done (budget 2); running 1, complete 2" in render(study_status(spec, url))
     rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[1:-1]]
             for line in out.splitlines() if line.count("│") >= 5}
     assert rows[str(running.number)][:5] == [str(running.number), "gpu-box:4242", "1", "3", "0.6123"]

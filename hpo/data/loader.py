@@ -295,8 +295,9 @@ def ring_plan(workers: int, slot_bytes: int, augmented: bool = True) -> tuple[in
             return 0, 0
         if room < 1:
             raise DataError(
-                f"a batch needs {slot_bytes / 2**20:.0f} MiB of shared memory for loader workers and /dev/shm"
-                f" has {free / 2**20:.0f} MiB free: give it more (docker run --shm-size=8g, compose"
+                f"loader workers need {(spare + 1) * slot_bytes / 2**20:.0f} MiB of shared memory (a batch of"
+                f" {slot_bytes / 2**20:.0f} MiB per worker, in hand and being copied), up to half of /dev/shm,"
+                f" which has {free / 2**20:.0f} MiB free: give it more (docker run --shm-size=8g, compose"
                 " shm_size) or set HPO_LOADER_WORKERS=0 (augment in the training process)"
             )
         log.warning("/dev/shm has %d MiB free: %d loader workers instead of %d (docker run --shm-size=8g)",
@@ -396,8 +397,9 @@ def on_device(
         if ahead is not None:
             yield _hand_over(*ahead, main)
     finally:  # the loader's next pass goes on through the ring, this one finished or not
-        for copy in copies:
-            _wait(copy)
+        with contextlib.suppress(RuntimeError):  # a failed device: the failure is raised elsewhere
+            for copy in copies:
+                _wait(copy)
 
 
 def _after_copies(batches: Iterable, copies: deque[torch.cuda.Event]) -> Iterator:

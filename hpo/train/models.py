@@ -49,20 +49,26 @@ def check_input_size(backbone: str, size: int) -> None:
     )
 
 
-def check_patches(backbone: str, sizes: list[int]) -> None:
-    """A backbone that cuts its input into square patches (ViT, DeiT, EVA, Swin) runs at any size
-    timm builds it for, but where its patch does not divide the size the last pixels of each
-    side are never seen: refused, naming the multiple to search."""
+def check_patches(backbone: str, sizes: list[int], key: str = "search.image_size") -> None:
+    """A backbone whose stem cuts its input into non-overlapping square patches (ViT, DeiT, EVA)
+    may run at a size timm builds it for that its patch does not divide, and then never see the
+    last pixels of each side: refused. Stems that overlap or pad (PiT, EfficientViT, a padding
+    patch embedding) see every pixel and are left alone."""
     if not takes_img_size(backbone):
         return
     with torch.device("meta"):
         embed = getattr(timm_model(backbone, False, 2, sizes[0]), "patch_embed", None)
-    patch = None if getattr(embed, "dynamic_img_pad", False) else getattr(embed, "patch_size", None)  # padded: all seen
-    side = int(patch[0] if isinstance(patch, tuple | list) else patch or 0)
-    if uncut := [size for size in sizes if side and size % side]:
+    stem = getattr(embed, "proj", None)
+    if getattr(embed, "dynamic_img_pad", False) or not isinstance(stem, nn.Conv2d):
+        return
+    side = stem.stride[0]
+    if stem.kernel_size[0] != side or stem.padding[0] != 0:
+        return
+    if uncut := [size for size in sizes if size % side]:
         raise ConfigError(
-            f"search.image_size: {backbone} cuts images into {side} px patches, and {uncut[0]} px is not a"
-            f" multiple of {side} (its last {uncut[0] % side} px would never be seen); search multiples of {side}"
+            f"{key}: {backbone} cuts images into {side} px patches, and {uncut[0]} px is not a multiple of {side}"
+            f" (its last {uncut[0] % side} px would never be seen); use multiples of {side} (a range: a low"
+            f" that is one, and step {side})"
         )
 
 

@@ -20,7 +20,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from types import FrameType
 
 import optuna
@@ -104,6 +104,7 @@ class Worker:
     budget: int
     timeout: float | None = None
     device: torch.device = field(default_factory=pick_device)
+    _: KW_ONLY
     on_epoch: Callable[[EpochEvent], None] | None = None
     on_trial_end: Callable[[FrozenTrial], None] | None = None
     on_trial_start: Callable[[int], None] | None = None  # the claimed trial's number
@@ -174,9 +175,9 @@ class Worker:
             with heartbeat(storage, trial._trial_id, self.handle.spec.workers.heartbeat_interval):
                 self._register()
                 trial.set_user_attr("worker", self.name)
-                if self.on_trial_start is not None:
-                    self.on_trial_start(trial.number)
                 try:
+                    if self.on_trial_start is not None:
+                        self.on_trial_start(trial.number)
                     value, state = objective(trial), TrialState.COMPLETE
                 except optuna.TrialPruned:
                     state = TrialState.PRUNED

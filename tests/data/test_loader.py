@@ -113,7 +113,7 @@ def test_ring_fits_the_shared_memory_or_says_how_to_get_more(images, monkeypatch
     loader = loader_with_free_slots(1)
     assert (loader.num_workers, loader.prefetch_factor) == (1, 1)
     assert "1 loader workers instead of 2" in caplog.text
-    with pytest.raises(DataError, match=r"/dev/shm has 0 MiB free: give it more .*shm-size.*HPO_LOADER_WORKERS=0"):
+    with pytest.raises(DataError, match=r"loader workers need 0 MiB of shared memory .* /dev/shm, which has 0 MiB free: give it more .*shm-size.*HPO_LOADER_WORKERS=0"):
         loader_with_free_slots(0, build_pipeline([AugmentOp("hflip", 0.0, 0.5)], 6))
     # Workers that would only gather are a help, not a need: without room the trial gathers itself.
     assert loader_with_free_slots(0).num_workers == 0
