@@ -363,7 +363,7 @@ def main() -> None:
 
     # (a) before and after (b): on a shared machine the speed drifts, the mean brackets (b).
     before = model_alone(args, device)
-    copy_waits = counted_copy_waits()
+    copy_waits = counted_copy_waits() if gpu else [0, 0]  # on_device waits for copies on a GPU only
     trial, waited = real_trial(args, device, images, labels)
     if gpu:
         print(f"the trial's host blocked on {copy_waits[1]} of the {copy_waits[0]} copies it checked before"

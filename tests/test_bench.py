@@ -23,11 +23,22 @@ def bench(monkeypatch, tmp_path, capsys):
 
     def run(name: str, *args: str) -> str:
         monkeypatch.setattr(sys, "argv", [name, *args, "--data", str(tmp_path / "photos")])
+        before = patch_points()
         runpy.run_path(str(BENCH / f"{name}.py"), run_name="__main__")
+        assert patch_points() == before, f"bench/{name}.py left hpo patched for the tests after it"
         return capsys.readouterr().out
 
     yield run
     optuna.logging.set_verbosity(verbosity)
+
+
+def patch_points() -> dict[str, object]:
+    """What the bench scripts' experiments replace (on a GPU run, for the rest of their process)."""
+    from hpo.data import loader
+    from hpo.train import loop, optim
+
+    return {"fused": optim.fused, "wait": loader._wait, "page_lock": loader.page_lock,
+            "seed_worker": loader._seed_worker, "train": loop._Epochs.train}
 
 
 def figure(pattern: str, out: str) -> float:
