@@ -30,7 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -84,43 +84,39 @@ def model_alone(args: argparse.Namespace, device: torch.device) -> float:
     return args.steps * args.batch_size / (time.perf_counter() - started)
 
 
-def niced(increment: int) -> None:
-    """Loader workers from now on start at a lower priority than the training process, which
-    launches the GPU's kernels (an experiment: hpo does not do this)."""
+@contextlib.contextmanager
+def workers_starting_with(setting: Callable[[], None]) -> Iterator[None]:
+    """For the block, each loader worker applies ``setting`` to itself as it starts (an
+    experiment: hpo does not do this)."""
     from hpo.data import loader
 
     start = loader._seed_worker
 
-    def start_niced(worker_id: int) -> None:
-        os.nice(increment)
+    def started(worker_id: int) -> None:
+        setting()
         start(worker_id)
 
-    loader._seed_worker = start_niced
+    loader._seed_worker = started
+    try:
+        yield
+    finally:
+        loader._seed_worker = start
 
 
 @contextlib.contextmanager
 def cores_apart(own: int = 2) -> Iterator[None]:
     """For the block, the training process (its launching thread, the pin thread) on ``own`` cores
-    of its own and the loader workers, one fewer, on the others (an experiment: hpo does not do
-    this): does the launching thread lose time to workers on its core?"""
-    from hpo.data import loader
-
+    of its own and the loader workers, one fewer, on the others: does the launching thread lose
+    time to workers on its core?"""
     cores = sorted(os.sched_getaffinity(0))
-    start = loader._seed_worker
-
-    def start_apart(worker_id: int) -> None:
-        os.sched_setaffinity(0, cores[own:])
-        start(worker_id)
-
-    loader._seed_worker = start_apart
     os.environ["HPO_LOADER_WORKERS"] = str(len(cores) - own)
     os.sched_setaffinity(0, cores[:own])
     try:
-        yield
+        with workers_starting_with(lambda: os.sched_setaffinity(0, cores[own:])):
+            yield
     finally:
         os.sched_setaffinity(0, cores)
         os.environ.pop("HPO_LOADER_WORKERS", None)
-        loader._seed_worker = start
 
 
 def unfused() -> None:
@@ -376,10 +372,10 @@ def main() -> None:
         os.environ["HPO_LOADER_WORKERS"] = str(workers)
         print(f"(b) with {workers} loader workers: {rate_and_wait(real_trial(args, device, images, labels))}", flush=True)
     os.environ.pop("HPO_LOADER_WORKERS", None)
-    if args.worker_nice:
-        niced(args.worker_nice)
-        print(f"(b) with loader workers at nice {args.worker_nice}: {rate_and_wait(real_trial(args, device, images, labels))}",
-              flush=True)
+    if args.worker_nice:  # the workers at a lower priority than the process launching the kernels
+        with workers_starting_with(lambda: os.nice(args.worker_nice)):
+            print(f"(b) with loader workers at nice {args.worker_nice}: {rate_and_wait(real_trial(args, device, images, labels))}",
+                  flush=True)
     print(f"ratio (b)/(a):   {trial / alone:.2f}", flush=True)
     if args.cores_apart and gpu:  # loader workers run on a GPU only
         with cores_apart():
