@@ -186,11 +186,9 @@ _refused_warned = False
 
 def page_lock(ring: torch.Tensor) -> bool:
     """Register the ring's shared memory with CUDA (cudaHostRegister) until the ring tensor is
-    freed (its views keep it). False where it is page-locked already, and, with a warning (once
-    per process), where the driver refuses: the pin thread then copies each batch into pinned memory."""
+    freed (its views keep it). False, with a warning (once per process), where the driver
+    refuses: the pin thread then copies each batch into pinned memory."""
     global _refused_warned
-    if ring.is_pinned():
-        return False
     # Whole pages (some drivers ask for them): the mapping the ring lies in begins and ends on one.
     start = ring.data_ptr() // mmap.PAGESIZE * mmap.PAGESIZE
     size = -(-(ring.data_ptr() + ring.nbytes - start) // mmap.PAGESIZE) * mmap.PAGESIZE
