@@ -2,7 +2,7 @@
 # The GPU figures of BENCHMARKS.md: the gpu-marked tests and the benchmarks, each step under its
 # own time limit, each step's output kept in LOG_DIR/<step>.log.
 #   bench/gpu.sh LOG_DIR tests throughput           # the steps to run, in order
-# Steps: tests throughput effnet heavy packing naive gap graphs pagelock profile gpuaug effgpu ops
+# Steps: tests throughput effnet heavy packing naive gap graphs pagelock pagegraphs profile gpuaug effgpu ops
 set -u
 log=${1:?LOG_DIR}; shift
 mkdir -p "$log"
@@ -33,10 +33,10 @@ for what in "$@"; do
     # CUDA graphs on both backbones, with what compiling costs (the first epoch against the others).
     graphs) step graphs-resnet18 200 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --compile reduce-overhead --loader-workers 12 "${photos[@]}"
             step graphs-effnet 200 python3 bench/throughput.py --backbone efficientnet_b0 --image-size 224 --batch-size 128 --epochs 4 --compile reduce-overhead "${photos[@]}" ;;
-    # Batches straight from the page-locked ring against copied by the pin thread, eager and graphed;
-    # eager with the training process on cores apart from the loader workers.
-    pagelock) step pagelock-eager 160 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --copied-ring --cores-apart "${photos[@]}"
-              step pagelock-graphs 220 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --compile reduce-overhead --copied-ring "${photos[@]}" ;;
+    # Batches straight from the page-locked ring against copied by the pin thread, eager (pagelock)
+    # and graphed (pagegraphs); eager with the training process on cores apart from the loader workers.
+    pagelock) step pagelock-eager 160 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --copied-ring --cores-apart "${photos[@]}" ;;
+    pagegraphs) step pagelock-graphs 220 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --compile reduce-overhead --copied-ring "${photos[@]}" ;;
     # Where the trial's time goes (torch.profiler over epoch 2): host time by op, GPU busy, host waits.
     profile) step profile 200 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 3 --profile "${photos[@]}" ;;
     # The augmentation in batch on the GPU (train.augment_on: gpu) against the workers' figures above.
