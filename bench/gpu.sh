@@ -30,8 +30,9 @@ for what in "$@"; do
     # loader workers, a CUDA graph of the step against kernel-launch cost, fused optimizer kernels.
     gap) step gap-workers 180 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --loader-workers 12 --worker-nice 10 --unfused "${photos[@]}"
          step gap-graphs 200 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --compile reduce-overhead "${photos[@]}" ;;
-    # CUDA graphs on both backbones, with what compiling costs (the first epoch against the others).
-    graphs) step graphs-resnet18 200 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --compile reduce-overhead --loader-workers 12 "${photos[@]}"
+    # CUDA graphs on both backbones, with what compiling costs (the first epoch against the others;
+    # resnet18's from empty caches first, as a study meets each new shape).
+    graphs) step graphs-resnet18 300 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --epochs 4 --compile reduce-overhead --cold-compile --loader-workers 12 "${photos[@]}"
             step graphs-effnet 200 python3 bench/throughput.py --backbone efficientnet_b0 --image-size 224 --batch-size 128 --epochs 4 --compile reduce-overhead "${photos[@]}" ;;
     # Batches straight from the page-locked ring against copied by the pin thread, eager (pagelock)
     # and graphed (pagegraphs); eager with the training process on cores apart from the loader workers.
@@ -44,7 +45,8 @@ for what in "$@"; do
             step gpuaug-light 120 python3 bench/throughput.py --backbone resnet18 --image-size 224 --batch-size 128 --augment-on gpu --epochs 4 "${photos[@]}" ;;
     effgpu) step effgpu 150 python3 bench/throughput.py --backbone efficientnet_b0 --image-size 224 --batch-size 128 --augment-on gpu --epochs 4 "${photos[@]}" ;;
     ops) step ops 120 python3 bench/data_path.py --image-size 224 --images 256 ;;
-    naive) step naive 420 python3 bench/naive_vs_hpo.py --image-size 128 --naive-workers 8 ;;
+    # ~8 min: hpo's 12 trials (~1 min), the common way's (~4 min), then hpo again for the rest of that time.
+    naive) step naive 560 python3 bench/naive_vs_hpo.py --image-size 128 --naive-workers 8 --equal-time ;;
     *) echo "unknown step: $what"; exit 2 ;;
     esac
 done

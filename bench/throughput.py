@@ -198,6 +198,17 @@ def real_trial(args: argparse.Namespace, device: torch.device, images: np.ndarra
     return statistics.median(e.images_per_second for e in timed), statistics.median(e.data_wait for e in timed)
 
 
+def cold_trial(args: argparse.Namespace, device: torch.device, images: np.ndarray, labels: np.ndarray) -> None:
+    """A trial compiled from nothing, before anything else here compiles: empty on-disk caches
+    (inductor's graphs, Triton's kernels), as a study meets for each new backbone, batch or image
+    size. Its first epoch beyond the others is the compile, plus the loader workers' start."""
+    fresh = Path(tempfile.mkdtemp(prefix="hpo-cold-compile-"))
+    os.environ.update(TORCHINDUCTOR_CACHE_DIR=str(fresh / "inductor"), TRITON_CACHE_DIR=str(fresh / "triton"))
+    torch.compiler.reset()
+    print(f"a cold compile ({args.compile}), caches in {fresh}:", flush=True)
+    print(f"(b) cold:        {rate_and_wait(real_trial(args, device, images, labels))}", flush=True)
+
+
 def profiled_trial(args: argparse.Namespace, device: torch.device, images: np.ndarray, labels: np.ndarray) -> None:
     """torch.profiler over the trial's second epoch (training, then evaluation): where the host's
     time goes, how busy the GPU was, and the calls that make the host wait for the GPU."""
@@ -319,12 +330,16 @@ def main() -> None:
                         help="also time the trial with the training process on 2 cores of its own, the loader workers on the others")
     parser.add_argument("--copied-ring", action="store_true",
                         help="also time the loader alone and the trial with the ring not page-locked: the pin thread copies each batch")
+    parser.add_argument("--cold-compile", action="store_true",
+                        help="first time a trial compiled with empty inductor and Triton caches, as a study meets each new shape")
     parser.add_argument("--profile", action="store_true",
                         help="then profile one more trial's second epoch (torch.profiler): host time, GPU busy, host waits")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "hpo-bench-photos")
     args = parser.parse_args()
     if args.profile and args.epochs < 2:
         parser.error("--profile profiles the second epoch: give --epochs 2 or more")
+    if args.cold_compile and args.compile == "off":
+        parser.error("--cold-compile times compiling: give --compile default or reduce-overhead")
     device = pick_device()
     gpu = device.type == "cuda"
     args.images = args.images or args.batch_size * (15 if gpu else 6)
@@ -354,6 +369,8 @@ def main() -> None:
     repeat = args.repeat or (-(-60 * args.batch_size // len(table)) if gpu else 1)
     images, labels = tiled(images, table.labels, repeat, args.data)
     print(f"trial data: {len(labels)} images ({len(table)} photos x {repeat})", flush=True)
+    if args.cold_compile:
+        cold_trial(args, device, images, labels)
     feed = loader_alone(args, device, images, labels)
     print(f"(c) loader alone: {feed:.1f} images/s", flush=True)
 

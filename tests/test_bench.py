@@ -3,6 +3,7 @@ measured on other machines, but an API change must not leave them broken until t
 
 from __future__ import annotations
 
+import os
 import re
 import runpy
 import sys
@@ -55,6 +56,19 @@ def test_throughput_prints_the_trial_against_the_model(bench, monkeypatch):
     assert figure(r"\(b\) hpo trial: +([\d.]+) images/s", out) > 0
     assert figure(r"ratio \(b\)/\(a\): +([\d.]+)", out) > 0
     assert figure(r"first epoch ([\d.]+) s", out) > 0
+
+
+def test_throughput_times_a_compile_from_empty_caches_first(bench, monkeypatch):
+    monkeypatch.setenv("HPO_COMPILE_BACKEND", "aot_eager")
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):  # the script sets them: restored after
+        monkeypatch.delenv(name, raising=False)
+    out = bench("throughput", "--backbone", "test_resnet", "--image-size", "16", "--batch-size", "8",
+                "--images", "48", "--epochs", "2", "--steps", "2", "--compile", "default", "--cold-compile")
+    fresh = re.search(r"a cold compile \(default\), caches in (\S+):", out).group(1)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"].startswith(fresh)
+    cold = out.index("(b) cold:")
+    assert out.index("first epoch") < cold < out.index("(a) model alone")  # timed before anything else compiled
+    assert figure(r"\(b\) cold: +([\d.]+) images/s", out) > 0
 
 
 def test_naive_vs_hpo_runs_both_searches(bench):
