@@ -165,9 +165,9 @@ class RingLoader(DataLoader):
     On a GPU the ring is page-locked once the workers exist (page_lock), so that batches go to
     the GPU straight from their slots, without the pin thread's copy of each batch into pinned
     memory (19 MB for 128 images at 224 px, on one thread of the training process; measured on
-    an H200: +9% for an eager resnet18 trial, +13% with CUDA graphs). Its batches are then views of the ring: batch j's
-    slot is written again once batch j + 1 + ``COPIES_IN_FLIGHT`` is taken, and on_device, which
-    copies them to the GPU, waits for the copy before taking that one.
+    an H200: +9% for an eager resnet18 trial, +13% with CUDA graphs). Its batches are then views
+    of the ring: batch j's slot is written again once batch j + 1 + ``COPIES_IN_FLIGHT`` is taken,
+    and on_device, which copies them to the GPU, waits for the copy before taking that one.
     """
 
     _locked: bool | None = None  # page-locked; None: not tried yet
