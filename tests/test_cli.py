@@ -75,6 +75,23 @@ def test_run_end_to_end_stores_the_trials(image_root, tmp_path):
         assert f"trial {t.number:>3} {t.state.name}" in done.stderr
 
 
+def test_help_starts_without_the_training_libraries(tmp_path):
+    """`hpo --help` answers in a fraction of a second: it imports neither torch, timm nor
+    albumentations (seconds each); the API's names are still there on first use."""
+    code = ("import sys, hpo, hpo.cli; from typer.testing import CliRunner;"
+            " out = CliRunner().invoke(hpo.cli.app, ['--help']).stdout;"
+            " print(sorted({'torch', 'timm', 'albumentations'} & set(sys.modules)));"
+            " print('run' in out and 'export' in out and 'dashboard' in out);"
+            " print(hpo.run_study.__module__, hpo.HpoError.__module__, 'run_study' in dir(hpo))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:3] == ["[]", "True", "hpo.run hpo.errors True"]
+    with pytest.raises(AttributeError, match="no attribute 'run_studies'"):
+        import hpo
+
+        hpo.run_studies  # noqa: B018
+
+
 def assert_refused(done: subprocess.CompletedProcess, message: str, folder: Path, before: list[Path]) -> None:
     """Exit code 2, one line naming the problem, and nothing written."""
     assert done.returncode == 2, done.stderr
