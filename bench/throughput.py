@@ -127,8 +127,10 @@ def unfused() -> None:
     optim.fused = lambda model: {}
 
 
-def counted_copy_waits() -> list[int]:
-    """From now on, [copies on_device waited for, those it found still running (the host blocked)]."""
+@contextlib.contextmanager
+def counted_copy_waits() -> Iterator[list[int]]:
+    """For the block, [copies on_device waited for, those it found still running (the host
+    blocked)]; on_device waits for copies on a GPU only."""
     from hpo.data import loader
 
     counts, wait = [0, 0], loader._wait
@@ -139,7 +141,10 @@ def counted_copy_waits() -> list[int]:
         wait(copy)
 
     loader._wait = counted
-    return counts
+    try:
+        yield counts
+    finally:
+        loader._wait = wait
 
 
 def copied_ring() -> None:
@@ -376,8 +381,8 @@ def main() -> None:
 
     # (a) before and after (b): on a shared machine the speed drifts, the mean brackets (b).
     before = model_alone(args, device)
-    copy_waits = counted_copy_waits() if gpu else [0, 0]  # on_device waits for copies on a GPU only
-    trial, waited = real_trial(args, device, images, labels)
+    with counted_copy_waits() as copy_waits:
+        trial, waited = real_trial(args, device, images, labels)
     if gpu:
         print(f"the trial's host blocked on {copy_waits[1]} of the {copy_waits[0]} copies it checked before"
               " letting their slot be written again", flush=True)
