@@ -13,10 +13,39 @@ import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
-from hpo.errors import HpoError
+from hpo.errors import EXIT_STOPPED, HpoError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors (a missing option, --n-trials -1) as one line on stderr with exit code 2,
+    like every other refusal, instead of click's boxed usage text."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.Abort:
+            sys.exit(EXIT_STOPPED)
+        except Exception as e:
+            # click's exceptions (vendored by newer typer): an exit code and a message to format.
+            if not (isinstance(getattr(e, "exit_code", None), int) and hasattr(e, "format_message")):
+                raise
+            if type(e).__name__ == "NoArgsIsHelpError":  # plain `hpo`: the help itself
+                e.show()  # type: ignore[attr-defined]
+            else:
+                context = getattr(e, "ctx", None)  # its command path, under whatever the program was called
+                where = " ".join(["hpo", *(context.command_path.split()[1:] if context is not None else [])])
+                message = e.format_message().rstrip(".")
+                _one_line(f"{message} See {where} --help" if message.endswith("?") else f"{message}; see {where} --help")
+            sys.exit(e.exit_code)  # type: ignore[attr-defined]
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True,
                   help="Hyperparameter optimisation for image classification.")
 # Progress goes to stderr; when it is not a terminal (CI, a log file) use a readable width.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
@@ -37,13 +66,13 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from hpo.workers import EXIT_DEVICE, EXIT_INPUT, EXIT_STOPPED, DeviceError, WorkerStopping
+        from hpo.errors import EXIT_DEVICE, EXIT_INPUT
+        from hpo.workers import DeviceError, WorkerStopping
 
         try:
             return command(*args, **kwargs)
         except HpoError as e:
-            # One line, printed as written: a message may quote YAML ([a, b]) or a path with brackets.
-            console.print(f"[red]error:[/] {escape(' '.join(str(e).split()))}", soft_wrap=True, highlight=False)
+            _one_line(e)
             raise typer.Exit(EXIT_INPUT) from None
         except DeviceError as e:
             console.print(f"device failure, exiting for a fresh process: {e}", soft_wrap=True, markup=False)
@@ -51,8 +80,22 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except (KeyboardInterrupt, WorkerStopping):
             console.print("stopped; running trials were re-enqueued. Run the same command to resume.")
             raise typer.Exit(EXIT_STOPPED) from None
+        except Exception as e:
+            from hpo.storage import is_transient, storage_failure  # a database error: one line
+
+            if (failure := storage_failure(e)) is None:
+                raise
+            _one_line(failure)
+            # An outage that outlasted the retries ends a pool's worker with 1: it is restarted.
+            raise typer.Exit(1 if is_transient(e) else EXIT_INPUT) from None
 
     return wrapper
+
+
+def _one_line(error: BaseException | str) -> None:
+    """An error as one line on stderr, printed as written: a message may quote YAML ([a, b]) or a
+    path with brackets."""
+    console.print(f"[red]error:[/] {escape(' '.join(str(error).split()))}", soft_wrap=True, highlight=False)
 
 
 def _seconds(timeout: str | None) -> float | None:
@@ -127,24 +170,14 @@ def worker(
 
     Without the study file here, the spec stored with the study is used."""
     from hpo.env import limit_threads
-    from hpo.objective import pick_device
-    from hpo.progress import trial_line
-    from hpo.study import connect
-    from hpo.workers import Worker
+    from hpo.run import run_worker
     from hpo.workers.loop import raise_on_sigterm
 
     raise_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limit_threads()
     spec = _spec(study, _overrides(set_, tensorboard), storage)
-    handle = connect(spec, storage)
-    # Workers start with the same sampler seed; without a reseed they would propose the same
-    # parameters in lockstep (Optuna does the same for its threads).
-    handle.study.sampler.reseed_rng()
-    device = pick_device()
-    console.print(f"worker on {device} joined study {spec.name}", soft_wrap=True)
-    done = Worker(handle, n_trials or spec.budget.n_trials, _seconds(timeout) or spec.budget.timeout,
-                  device, on_trial_end=lambda t: console.print(trial_line(t), soft_wrap=True, markup=False)).run()
+    done = run_worker(spec, storage, n_trials, _seconds(timeout), console)
     console.print(f"budget reached; this worker ran {done} trials")
 
 
@@ -193,11 +226,15 @@ def dashboard(
 
     from hpo.review.artifacts import artifact_location, open_artifact_store
     from hpo.status import load_existing
+    from hpo.storage import resolve_url, writable
 
     spec = _spec(study, set_ or [], storage)
-    existing = load_existing(spec, storage)  # fails clearly when there is no such study
+    # Read-only where this user cannot write (notes and other edits in the page then fail).
+    read_only = not writable(resolve_url(storage, spec))
+    existing = load_existing(spec, storage, read_only)  # fails clearly when there is no such study
     location = artifact_location(spec)
-    console.print(f"dashboard for study {spec.name} (artifacts: {location}): http://{host}:{port}/", soft_wrap=True)
+    console.print(f"dashboard for study {spec.name} (artifacts: {location}{', read-only' if read_only else ''}):"
+                  f" http://{host}:{port}/", soft_wrap=True)
     optuna_dashboard.run_server(existing._storage, host=host, port=port, artifact_store=open_artifact_store(location))
 
 

@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from hpo.data.formats import FORMATS
-from hpo.errors import ConfigError, HpoError
+from hpo.errors import ConfigError, HpoError, did_you_mean
 from hpo.space import SearchSpace, check_params, parse_search
 from hpo.strategy import PRUNERS, SAMPLERS, check_folds_for_pruner, max_report_steps
 from hpo.train.config import AUGMENT_ON
@@ -261,8 +261,13 @@ class StudySpec(_Model):
     def max_report_steps(self) -> int:
         return max_report_steps(self.pruner.type, self.cv.folds, self.budget.max_epochs)
 
-    def build_sampler(self):
-        seed = self.seed if self.sampler.seed is None else self.sampler.seed
+    @property
+    def sampler_seed(self) -> int:
+        return self.seed if self.sampler.seed is None else self.sampler.seed
+
+    def build_sampler(self, seed: int | None = None):
+        """The study's sampler, seeded with ``seed`` (default: the study file's sampler seed)."""
+        seed = self.sampler_seed if seed is None else seed
         return _construct("sampler", SAMPLERS.get(self.sampler.type), seed, self.sampler.args)
 
     def build_pruner(self):
@@ -322,12 +327,14 @@ def parse_spec(raw: Any, source: str = "study file", overrides: Sequence[str] = 
     try:
         spec = StudySpec.model_validate(raw)
     except ValidationError as e:
-        first = e.errors()[0]
+        errors = e.errors()
+        # An unknown key first: a typo (serach:) also leaves its key missing, and the typo is the news.
+        first = next((error for error in errors if error["type"] == "extra_forbidden"), errors[0])
         location = ".".join(str(part) for part in first["loc"]) or "(top level)"
         message = first["msg"].removeprefix("Value error, ")
         cause = first.get("ctx", {}).get("error")
         if first["type"] == "extra_forbidden" and (known := _known_keys(first["loc"][:-1])):
-            message = f"unknown key; use one of: {', '.join(known)}"
+            message = f"unknown key{did_you_mean(first['loc'][-1], known)}; use one of: {', '.join(known)}"
         if isinstance(cause, ConfigError):  # already names its key
             location, message = "", str(cause)
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""

@@ -28,7 +28,10 @@ def trial_line(trial: FrozenTrial) -> str:
         outcome = trial.user_attrs.get("prune_reason", "")
     else:
         outcome = trial.user_attrs.get("fail_reason", "no heartbeat within the grace period (worker lost)")
-    seconds = trial.user_attrs.get("wall_seconds", 0)
+    seconds = trial.user_attrs.get("wall_seconds")
+    if seconds is None:  # a trial its worker never finished (lost, stopped): start to end
+        seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() \
+            if trial.datetime_complete and trial.datetime_start else 0
     backbone = trial.user_attrs.get("config", {}).get("backbone", "")
     return f"trial {trial.number:>3} {trial.state.name:<8} {outcome} ({seconds:.0f}s) {backbone}"
 

@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from hpo.errors import ConfigError
+from hpo.errors import ConfigError, did_you_mean
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,7 +37,7 @@ class Registry(Generic[F]):
         except KeyError:
             where = f"{key}: " if key else ""
             raise ConfigError(
-                f"{where}unknown {self.kind} {name!r}; use one of: {', '.join(sorted(self))}"
+                f"{where}unknown {self.kind} {name!r}{did_you_mean(name, self)}; use one of: {', '.join(sorted(self))}"
             ) from None
 
     def arguments(self, name: str) -> dict[str, Any]:

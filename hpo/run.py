@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,10 +11,11 @@ from rich.console import Console
 
 from hpo.config import StudySpec
 from hpo.objective import pick_device
-from hpo.progress import FINISHED, RunDisplay
+from hpo.progress import FINISHED, RunDisplay, trial_line
 from hpo.storage import redact, resolve_url
-from hpo.study import COUNTED, connect, count_states, trials_done
+from hpo.study import COUNTED, connect, count_states, record_budget, trials_done
 from hpo.workers import Pool, Worker, plan_slots
+from hpo.workers.loop import stop_when_orphaned
 from hpo.workers.pool import check_pool_storage
 
 
@@ -67,6 +69,7 @@ def run_study(
         console.print("budget reached; nothing to run (raise --n-trials to continue)")
         return RunResult(handle.study, handle.url, 0)
     before = _finished(handle.study)
+    record_budget(handle.study, budget)
     if pooled:
         if study_file is None:
             raise ValueError("worker processes need the study file: pass study_file")
@@ -76,5 +79,30 @@ def run_study(
         console.print(f"one worker on {device}")
         with RunDisplay(handle.study, budget, console, live) as display:
             Worker(handle, budget, timeout, device, on_epoch=display.on_epoch, on_trial_end=display.on_trial_end,
-                   on_trial_start=display.on_trial_start).run()
+                   on_trial_start=display.on_trial_start, on_wait=_say(console)).run()
     return RunResult(handle.study, handle.url, _finished(handle.study) - before)
+
+
+def run_worker(
+    spec: StudySpec,
+    storage: str | None = None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    console: Console | None = None,
+) -> int:
+    """Join ``spec``'s study as one worker (`hpo worker`, from any machine) and run trials until
+    its budget (``n_trials``, else the study file's) is reached or ``timeout`` seconds pass;
+    returns how many this worker ran. Started by `hpo run`, it stops when that process dies."""
+    console = console or Console(stderr=True)
+    handle = connect(spec, storage)
+    device = pick_device()
+    console.print(f"worker on {device} joined study {spec.name}", soft_wrap=True)
+    say = _say(console)
+    with stop_when_orphaned():
+        return Worker(handle, n_trials or spec.budget.n_trials, timeout if timeout is not None else spec.budget.timeout,
+                      device, on_trial_end=lambda t: say(trial_line(t)), on_wait=say).run()
+
+
+def _say(console: Console) -> Callable[[str], None]:
+    """A line for the user, printed as written (no markup)."""
+    return lambda text: console.print(text, soft_wrap=True, highlight=False, markup=False)

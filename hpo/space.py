@@ -28,7 +28,7 @@ import optuna
 
 from hpo.data.augment import OPS, check_preset, preset_ops
 from hpo.data.loader import SAMPLING
-from hpo.errors import ConfigError
+from hpo.errors import ConfigError, did_you_mean
 from hpo.registry import Registry
 from hpo.train.config import AugmentOp, Component, TrainConfig
 from hpo.train.losses import CLASS_WEIGHTS, LOSSES
@@ -252,7 +252,8 @@ def parse_search(raw: Mapping[str, Any]) -> SearchSpace:
              "labels", "accumulate"}
     unknown = set(raw) - known
     if unknown:
-        raise ConfigError(f"search: unknown key(s) {sorted(unknown)}; known: {', '.join(sorted(known))}")
+        hint = did_you_mean(sorted(unknown)[0], known)
+        raise ConfigError(f"search: unknown key(s) {sorted(unknown)}{hint}; known: {', '.join(sorted(known))}")
     if "backbone" not in raw:
         raise ConfigError("search.backbone is required: a timm model name or {choices: [...]}")
 

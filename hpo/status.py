@@ -13,16 +13,16 @@ from rich.text import Text
 from hpo.config import StudySpec
 from hpo.errors import StorageError
 from hpo.storage import open_storage, redact, require_database, resolve_url
-from hpo.study import COUNTED, best_value, count_states, trials_done
+from hpo.study import COUNTED, best_value, count_states, stored_budget, trials_done
 from hpo.workers.loop import WORKER_ATTR_PREFIX
 
 
-def load_existing(spec: StudySpec, url: str | None) -> optuna.Study:
-    """The study as stored; never creates a database."""
+def load_existing(spec: StudySpec, url: str | None, read_only: bool = True) -> optuna.Study:
+    """The study as stored; never creates a database, and (``read_only``) writes nothing."""
     url = resolve_url(url, spec)
     require_database(url, spec.name)
     try:
-        return optuna.load_study(study_name=spec.name, storage=open_storage(url))
+        return optuna.load_study(study_name=spec.name, storage=open_storage(url, read_only=read_only))
     except KeyError:
         raise StorageError(f"no study {spec.name!r} in {redact(url)}; start it with hpo run") from None
 
@@ -33,7 +33,7 @@ def study_status(spec: StudySpec, url: str | None = None) -> list[object]:
     counts = count_states(study, trials)
     done = sum(counts[s] for s in COUNTED)
     best = best_value(study)
-    head = Text(f"study {spec.name}: {trials_done(done, spec.budget.n_trials)}; "
+    head = Text(f"study {spec.name}: {trials_done(done, stored_budget(study, spec))}; "
                 + ", ".join(f"{s.name.lower()} {n}" for s, n in counts.items() if n)
                 + (f"; best macro F1 {best:.4f} (trial {study.best_trial.number})" if best is not None else ""))
 

@@ -30,13 +30,14 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import optuna
 from dotenv import load_dotenv
 from optuna.exceptions import StorageInternalError
 from sqlalchemy import create_engine, event, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DBAPIError,
@@ -74,14 +75,48 @@ def outage_within(seconds: float) -> bool:
 
 def resolve_url(url: str | None, spec: StudySpec | None = None) -> str:
     """``--storage``, else ``HPO_STORAGE`` (environment or ./.env), else a SQLite file in the
-    study's output folder."""
+    study's output folder; checked (:func:`check_url`) before anything uses it."""
     load_dotenv(Path.cwd() / ".env", override=False)
     url = url or os.environ.get(ENV_STORAGE)
-    if url:
-        return url
-    if spec is None:
-        raise StorageError(f"no storage given; pass --storage URL or set {ENV_STORAGE}")
-    return f"sqlite:///{spec.outputs / f'{spec.name}.db'}"
+    if not url:
+        if spec is None:
+            raise StorageError(f"no storage given; pass --storage URL or set {ENV_STORAGE}")
+        url = f"sqlite:///{spec.outputs / f'{spec.name}.db'}"
+    check_url(url)
+    return url
+
+
+def check_url(url: str) -> URL:
+    """The parsed URL, or a one-line StorageError: called before anything is written, so a URL
+    that cannot work leaves no file behind. Refused: an unparseable URL, in-memory SQLite (its
+    tables live in one connection, which workers, heartbeats and a resume never share), and a
+    SQLite URL whose path was read as a host (``sqlite://runs/my.db``: two slashes)."""
+    try:
+        parsed = make_url(url)
+        backend = parsed.get_backend_name()
+    except ArgumentError:
+        raise StorageError(
+            f"cannot parse storage URL {redact(url)!r}; use sqlite:///path.db or"
+            " postgresql+psycopg://user@host/db"
+        ) from None
+    if backend != "sqlite":
+        return parsed
+    if parsed.host:
+        path = "/".join(part for part in (parsed.host, parsed.database) if part)
+        raise StorageError(
+            f"storage URL {url!r} names no file (SQLite read {parsed.host!r} as a host); write three"
+            f" slashes before a relative path (sqlite:///{path}) or four before an absolute one"
+            f" (sqlite:////abs/{path})"
+        )
+    database = parsed.database or ""
+    if not database or database == ":memory:" or database.startswith("file::memory:") \
+            or parsed.query.get("mode") == "memory":
+        raise StorageError(
+            f"storage URL {url!r} is an in-memory SQLite database, which keeps nothing and which worker"
+            " processes, heartbeats and a resume cannot share; give a file (sqlite:///runs/my.db) or leave"
+            f" --storage and {ENV_STORAGE} unset for runs/<study>/<study>.db"
+        )
+    return parsed
 
 
 def redact(url: str) -> str:
@@ -97,6 +132,26 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+def writable(url: str) -> bool:
+    """Whether this process may write to the study's database (SQLite: the file and its
+    folder); a server's permissions are known only when it answers."""
+    if not is_sqlite(url):
+        return True
+    path = sqlite_file(url)
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+
+
+def storage_failure(error: BaseException) -> StorageError | None:
+    """A database error that reached the user's command, as one line (None: not a database
+    error). Transient ones were retried for RETRY_SECONDS first."""
+    if not isinstance(error, STORAGE_FAILURES):
+        return None
+    if is_transient(error):
+        return StorageError(f"the database stayed unreachable for {RETRY_SECONDS:.0f} s ({database_reason(error)});"
+                            " check that it is running, then run the same command to resume")
+    return StorageError(f"database error, not retried: {database_reason(error)}; {storage_fix(error)}")
+
+
 def _unwrapped(error: BaseException) -> BaseException:
     """The database error itself: Optuna wraps it in StorageInternalError."""
     while isinstance(error, StorageInternalError) and error.__cause__ is not None:
@@ -104,10 +159,43 @@ def _unwrapped(error: BaseException) -> BaseException:
     return error
 
 
+# SQLite's primary result codes worth waiting out: another connection holds the lock. Every other
+# code (no such table, read-only file, disk I/O error, a damaged file...) stays as it is.
+SQLITE_TRANSIENT_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+# What to do about SQLite's permanent errors, by primary result code (the rest: the generic fix).
+SQLITE_FIXES = {
+    sqlite3.SQLITE_READONLY: "make the database file and its folder writable, or pass another --storage",
+    sqlite3.SQLITE_IOERR: "check the disk the database file is on (full, failing or unmounted)",
+    sqlite3.SQLITE_FULL: "free disk space where the database file is",
+    sqlite3.SQLITE_CORRUPT: "the database file is damaged; restore it from a copy or start a new study",
+    sqlite3.SQLITE_NOTADB: "the file is not a SQLite database; pass the study's database as --storage",
+    sqlite3.SQLITE_CANTOPEN: "check the database file's path and permissions",
+}
+
+
+def _sqlite_code(error: BaseException) -> int | None:
+    """The SQLite primary result code of a database error, or None when not from SQLite (or a
+    Python too old to tell, before 3.11)."""
+    orig = getattr(error, "orig", error)
+    code = getattr(orig, "sqlite_errorcode", None) if isinstance(orig, sqlite3.Error) else None
+    return None if code is None else code & 0xFF
+
+
+def storage_fix(error: BaseException) -> str:
+    """What the user can do about a database error that is not retried."""
+    code = _sqlite_code(_unwrapped(error))
+    return SQLITE_FIXES.get(code, f"check --storage / {ENV_STORAGE} and that the database is healthy")  # type: ignore[arg-type]
+
+
 def is_transient(error: BaseException) -> bool:
     """Database errors worth retrying: lost connections, locks, deadlocks, serialization
-    failures, too many clients."""
+    failures, too many clients; for SQLite, busy and locked only (by result code)."""
     error = _unwrapped(error)
+    if isinstance(getattr(error, "orig", None), sqlite3.Error):
+        code = _sqlite_code(error)
+        if code is not None:
+            return code in SQLITE_TRANSIENT_CODES
+        return any(word in str(error.orig) for word in ("locked", "busy"))  # type: ignore[union-attr]
     if isinstance(error, (OperationalError, InterfaceError)):  # InterfaceError: connection closed
         # Not a database or role that does not exist, nor refused credentials: retrying cannot
         # fix those. libpq reports them at connection time without an SQLSTATE, so by message.
@@ -183,9 +271,23 @@ for _name in (
 _stale_trial_ids = retrying(optuna.storages.RDBStorage._get_stale_trial_ids, "_get_stale_trial_ids")
 
 
-def sqlite_file(url: str) -> Path | None:
-    database = make_url(url).database
-    return Path(database).expanduser() if database and database != ":memory:" else None
+def sqlite_file(url: str) -> Path:
+    """The database file of a SQLite URL that :func:`check_url` accepted."""
+    return Path(check_url(url).database or "").expanduser()
+
+
+def _read_only_sqlite(path: Path) -> dict[str, Any]:
+    """Engine arguments that open ``path`` read-only: nothing is written, and a file the user
+    cannot write (a colleague's, a read-only mount) can still be read. A WAL database needs its
+    shared-memory file to read; where that cannot be made (a read-only folder), the file is
+    opened as immutable: nobody can be writing to it there."""
+    location = quote(str(path.resolve()))
+    mode = "ro" if os.access(path.parent, os.W_OK) or path.with_name(path.name + "-shm").exists() else "ro&immutable=1"
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(f"file:{location}?mode={mode}", uri=True, timeout=60, check_same_thread=False)
+
+    return {"creator": connect}
 
 
 def _prepare_sqlite(path: Path) -> None:
@@ -227,24 +329,25 @@ def open_storage(
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
     max_retry: int | None = None,
+    read_only: bool = False,
 ) -> optuna.storages.RDBStorage:
     """The Optuna storage for ``url``; with a heartbeat, stale trials are retried up to
-    ``max_retry`` times with the same parameters."""
-    try:
-        backend = make_url(url).get_backend_name()
-    except ArgumentError:
-        raise StorageError(
-            f"cannot parse storage URL {redact(url)!r}; use sqlite:///path.db or"
-            " postgresql+psycopg://user@host/db"
-        ) from None
+    ``max_retry`` times with the same parameters. ``read_only`` (status, export, report): the
+    database must exist, and nothing is written to it."""
+    backend = check_url(url).get_backend_name()
     if backend == "sqlite":
-        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}
-        if (path := sqlite_file(url)) is not None:
+        path = sqlite_file(url)
+        if read_only:
+            engine_kwargs: dict[str, Any] = _read_only_sqlite(path)
+        else:
+            engine_kwargs = {"connect_args": {"timeout": 60}}
             _prepare_sqlite(path)
     else:
         # Bounded: every worker holds at most 3 connections (trial loop, heartbeat, sweeper).
         engine_kwargs = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 1,
                          "pool_timeout": 60, "pool_recycle": 1800}
+        if read_only and backend == "postgresql":
+            engine_kwargs["connect_args"] = {"options": "-c default_transaction_read_only=on"}
     try:
         with warnings.catch_warnings():  # heartbeats are experimental in Optuna 5; we rely on them
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -260,13 +363,14 @@ def open_storage(
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
                 heartbeat_stale_trial_callback=callback,
+                skip_table_creation=read_only,
             )
     except (SQLAlchemyError, StorageInternalError, ImportError, OSError) as e:
         raise StorageError(
             f"cannot open storage {redact(url)}: {database_reason(e)}; check --storage / {ENV_STORAGE} and that"
             " the database is reachable"
         ) from None
-    if backend == "sqlite":
+    if backend == "sqlite" and not read_only:
         _begin_immediate(storage.engine)
     return storage
 
@@ -292,9 +396,6 @@ def study_lock(url: str, study_name: str) -> Iterator[HeldLock]:
     held = HeldLock()
     if is_sqlite(url):
         path = sqlite_file(url)
-        if path is None:
-            yield held
-            return
         with open(path.with_name(path.name + ".lock"), "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -343,8 +444,7 @@ def require_database(url: str, study_name: str) -> None:
     than create it (Optuna's storage creates the file or the tables on first use)."""
     missing = f"no study {study_name!r} in {redact(url)}; start it with hpo run first, or pass the --storage it runs on"
     if is_sqlite(url):
-        database = sqlite_file(url)
-        if database is not None and not database.is_file():
+        if not sqlite_file(url).is_file():
             raise StorageError(missing)
         return
     engine = create_engine(url, poolclass=NullPool)
@@ -364,7 +464,7 @@ def require_database(url: str, study_name: str) -> None:
 def stored_spec(url: str, study_name: str) -> dict[str, Any]:
     """The study file a study was created with (for workers joining without the file)."""
     require_database(url, study_name)
-    storage = open_storage(url)
+    storage = open_storage(url, read_only=True)
     try:
         study_id = storage.get_study_id_from_name(study_name)
     except KeyError:

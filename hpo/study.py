@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 # Trials that count towards the budget. A FAIL (a crash, or a worker that died) does not: it is
 # retried or replaced, so the study still ends with its full budget of results.
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+# Study attributes: how many processes have sampled its trials; the budget it was last run to.
+ATTR_SESSIONS, ATTR_BUDGET = "sampler_sessions", "budget"
 
 
 def check_pretrained(spec: StudySpec) -> None:
@@ -99,15 +101,17 @@ def check_components(spec: StudySpec) -> None:
                                       " narrow the range of its arguments") from None
 
 
-def check_input_sizes(spec: StudySpec) -> None:
-    """Every backbone at the smallest and largest image size the study samples (and every size
-    between when there are few), and every size against a patch backbone's patch: a size a
-    backbone cannot take, or would take only in part, fails here, not in its trials."""
+def check_input_sizes(spec: StudySpec, table: ImageTable) -> None:
+    """Every (backbone, head) pair the space allows, built as a trial builds it, at the smallest
+    and largest image size the study samples (and every size between when there are few), and
+    every size against a patch backbone's patch: a size a backbone cannot take, would take only
+    in part, or a head that does not fit its backbone fails here, not in its trials."""
     sizes = image_sizes(spec)
     key = "search.image_size" if spec.search.image_size is not None else "data.image_size"
     for backbone in candidates(spec.search.backbone):
-        for size in sizes if len(sizes) <= 8 else [sizes[0], sizes[-1]]:
-            check_input_size(backbone, size)
+        for head in candidates(spec.search.head):
+            for size in sizes if len(sizes) <= 8 else [sizes[0], sizes[-1]]:
+                check_input_size(backbone, size, head, table.factors, table.num_classes)
         check_patches(backbone, sizes, key)
 
 
@@ -149,7 +153,7 @@ def prepare(spec: StudySpec) -> tuple[ImageTable, np.ndarray]:
     plan = make_fold_plan(table, spec.cv.folds, spec.cv.seed)
     check_data_choices(spec, table)
     check_components(spec)
-    check_input_sizes(spec)
+    check_input_sizes(spec, table)
     check_pretrained(spec)
     check_images(spec, table)
     check_artifact_store(artifact_location(spec))
@@ -172,8 +176,8 @@ class StudyHandle:
 def connect(spec: StudySpec, url: str | None = None) -> StudyHandle:
     """Validate, open the storage (with heartbeats), and create or load the study. Safe when
     many processes start at once: creation and seeding happen under the study lock."""
+    url = resolve_url(url, spec)  # checked before anything is written, the cache included
     table, plan = prepare(spec)
-    url = resolve_url(url, spec)
     w = spec.workers
     storage = open_storage(url, w.heartbeat_interval, w.grace_period, w.max_retry)
     with study_lock(url, spec.name) as held:
@@ -228,6 +232,38 @@ def fail_duplicates(handle: StudyHandle, enqueued: list[dict[str, Any]]) -> None
                                                    "enqueued twice during a database restart")
                 handle.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             seen.add(key)
+
+
+def session_seed(seed: int, session: int) -> int:
+    """The sampler seed of the ``session``-th process to sample trials of a study: the study's
+    own seed for the first (a study run in one uninterrupted process is reproducible from it),
+    a different stream for each later one (a resume, a second `hpo run`, each pool worker)."""
+    if session == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, session]).generate_state(1)[0])
+
+
+def seed_sampler(handle: StudyHandle) -> int:
+    """Give this process's sampler a seed of its own (:func:`session_seed`), counted in the
+    study under its lock. Without it, every process that joins or resumes a study replays the
+    seeded sequence from its start, and its first trials repeat earlier ones. Returns the seed."""
+    with handle.lock():
+        session = int(handle.study.user_attrs.get(ATTR_SESSIONS, 0))
+        handle.study.set_user_attr(ATTR_SESSIONS, session + 1)
+    seed = session_seed(handle.spec.sampler_seed, session)
+    handle.study.sampler = handle.spec.build_sampler(seed)
+    return seed
+
+
+def record_budget(study: optuna.Study, budget: int) -> None:
+    """The budget the last `hpo run` or `hpo worker` ran to (--n-trials), for `hpo status`."""
+    if study.user_attrs.get(ATTR_BUDGET) != budget:
+        study.set_user_attr(ATTR_BUDGET, budget)
+
+
+def stored_budget(study: optuna.Study, spec: StudySpec) -> int:
+    """The budget a study is run to: the last run's, else the study file's."""
+    return int(study.user_attrs.get(ATTR_BUDGET, spec.budget.n_trials))
 
 
 def count_states(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> dict[TrialState, int]:

@@ -127,6 +127,33 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(study_file, tmp_path
     assert_refused(done, message, tmp_path, before)
 
 
+def test_a_sqlite_url_with_two_slashes_exits_2_and_writes_nothing_in_a_real_process(study_file, tmp_path):
+    before = sorted(tmp_path.rglob("*"))
+    done = hpo("run", "--study", str(study_file), "--storage", "sqlite://runs/my.db", cwd=tmp_path)
+    assert_refused(done, "write three slashes before a relative path (sqlite:///runs/my.db)", tmp_path, before)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--n-trials", "-1"], "Invalid value for '--n-trials'"),  # (then typer's words, and) "; see hpo run --help"
+        (["--storage", "sqlite://"], "storage URL 'sqlite://' is an in-memory SQLite database"),
+        (["--set", "serach={backbone: resnet18}"],
+         "serach: unknown key (did you mean 'search'?); use one of: name, direction"),
+        # A made-up name is suggested nothing; a typo its model.
+        (["--set", "search.backbone=no_such_backbone_xyz"],
+         "search.backbone: unknown timm backbone 'no_such_backbone_xyz'; see timm.list_models()"),
+        (["--set", "search.backbone=resnet181"],
+         "search.backbone: unknown timm backbone 'resnet181' (did you mean: resnet18"),
+    ],
+)
+def test_usage_errors_and_typos_are_one_line(study_file, tmp_path, hpo_here, args, message):
+    before = sorted(tmp_path.rglob("*"))
+    done = hpo_here("run", "--study", str(study_file), *args, cwd=tmp_path)
+    assert_refused(done, message, tmp_path, before)
+    assert "--n-trials" not in args or done.stderr.strip().endswith("; see hpo run --help")
+
+
 def test_unreachable_storage_exits_2(study_file, tmp_path, hpo_here, monkeypatch):
     monkeypatch.setattr(storage, "CONNECT_RETRY_SECONDS", 0)  # refused at once, not after 10 s of tries
     before = sorted(tmp_path.rglob("*"))

@@ -23,3 +23,17 @@ def test_the_display_counts_a_trial_running_from_its_claim_to_its_end(image_root
     for start, end in zip(starts, ends, strict=True):
         assert all(running == 1 for running, _ in shown[start:end]), shown  # not 0 until the trial ends
         assert all("epoch" in text for _, rows in shown[start + 1 : end] for text in rows.values())
+
+
+def test_a_trial_its_worker_never_finished_shows_how_long_it_ran():
+    import datetime
+
+    from optuna.trial import create_trial
+
+    from hpo.progress import trial_line
+
+    start = datetime.datetime(2026, 12, 5, 10, 0, 0)
+    lost = create_trial(state=TrialState.FAIL, user_attrs={"worker": "box:1"})
+    lost.number = 4
+    lost.datetime_start, lost.datetime_complete = start, start + datetime.timedelta(seconds=95)
+    assert trial_line(lost) == "trial   4 FAIL     no heartbeat within the grace period (worker lost) (95s) "

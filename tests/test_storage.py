@@ -15,6 +15,7 @@ from hpo.errors import StorageError
 from hpo.storage import (
     MAX_BACKOFF_SECONDS,
     advisory_lock_key,
+    database_reason,
     is_transient,
     open_storage,
     redact,
@@ -164,3 +165,101 @@ def test_waiting_for_the_study_lock_survives_losing_the_connection(postgres_url,
     holder.close()
     waiter.join(timeout=60)
     assert not errors and got == ["lock"]
+
+
+# ---------------------------------------------------------------------------------------------
+# SQLite errors by result code; URLs that cannot work refused before anything is written.
+
+
+def _sqlite_error(tmp_path, make) -> OperationalError:
+    """A real sqlite3 error, wrapped as SQLAlchemy wraps it."""
+    import sqlite3
+
+    path = tmp_path / "codes.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE IF NOT EXISTS t (x)")
+    try:
+        make(path)
+    except sqlite3.Error as e:
+        return OperationalError("statement", {}, e)
+    raise AssertionError("no SQLite error was raised")
+
+
+def test_sqlite_busy_is_retried_its_permanent_errors_are_not(tmp_path):
+    import sqlite3
+
+    def locked(path):
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            sqlite3.connect(path, timeout=0, isolation_level=None).execute("BEGIN IMMEDIATE")
+        finally:
+            holder.execute("ROLLBACK")
+
+    def no_table(path):
+        sqlite3.connect(path).execute("SELECT * FROM trials")
+
+    def read_only(path):
+        sqlite3.connect(f"file:{path}?mode=ro", uri=True).execute("INSERT INTO t VALUES (1)")
+
+    def not_a_database(path):
+        path.write_bytes(b"this is not a database, just text" * 100)
+        sqlite3.connect(path).execute("SELECT * FROM t")
+
+    assert is_transient(_sqlite_error(tmp_path, locked))
+    for permanent in (no_table, read_only, not_a_database):
+        error = _sqlite_error(tmp_path, permanent)
+        assert not is_transient(error), error
+
+
+def test_a_permanent_sqlite_error_fails_at_once_in_one_line(tmp_path):
+    import sqlite3
+
+    from hpo.storage import storage_failure
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    storage = open_storage(url)
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "s")
+    with sqlite3.connect(tmp_path / "s.db") as connection:  # the file loses its tables under the study
+        connection.execute("DROP TABLE trials")
+    started = time.monotonic()
+    with pytest.raises(Exception) as info:
+        storage.get_all_trials(study_id)
+    assert time.monotonic() - started < 5  # not retried for RETRY_SECONDS
+    failure = storage_failure(info.value)
+    assert str(failure).startswith("database error, not retried: no such table: trials")
+    assert "\n" not in str(failure)
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file::memory:?cache=shared&uri=true"])
+def test_in_memory_sqlite_is_refused_before_anything_runs(url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for call in (lambda: open_storage(url), lambda: resolve_url(url)):
+        with pytest.raises(StorageError, match="is an in-memory SQLite database, which keeps nothing"):
+            call()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sqlite_url_with_two_slashes_is_refused_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    message = (r"storage URL 'sqlite://runs/my.db' names no file \(SQLite read 'runs' as a host\); write three"
+               r" slashes before a relative path \(sqlite:///runs/my.db\)")
+    for call in (lambda: open_storage("sqlite://runs/my.db"), lambda: resolve_url("sqlite://runs/my.db"),
+                 lambda: stored_spec("sqlite://runs/my.db", "tiny")):
+        with pytest.raises(StorageError, match=message):
+            call()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_read_only_storage_writes_nothing(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(storage=open_storage(url), study_name="s")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    del study
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.suffix == ".db"}
+    reader = open_storage(url, read_only=True)
+    assert len(optuna.load_study(study_name="s", storage=reader).trials) == 2
+    with pytest.raises(Exception) as info:
+        reader.set_study_user_attr(reader.get_study_id_from_name("s"), "note", "x")
+    assert database_reason(info.value) == "attempt to write a readonly database"
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.suffix == ".db"} == files

@@ -14,6 +14,7 @@ A file is built once, in parallel threads (PIL and OpenCV release the GIL), unde
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 ENV_CACHE = "HPO_CACHE"
 DEFAULT_ROOT = "~/.cache/hpo"
 # Bump when resize_image (or anything else that shapes the cached pixels) changes.
-PREPROCESS_VERSION = 1
+# 2: 16-bit, 32-bit and floating-point grey images scaled to 8 bits, not clipped (formats.to_rgb8).
+PREPROCESS_VERSION = 2
 _OFF = {"off", "none", "0", "false", "no"}
 
 _opened: dict[str, np.ndarray] = {}  # this process's open arrays, by cache key
@@ -48,6 +50,23 @@ def cache_root() -> Path | None:
     if value.lower() in _OFF:
         return None
     return Path(value or DEFAULT_ROOT).expanduser()
+
+
+def check_cache_root() -> None:
+    """``$HPO_CACHE`` must name a folder (or one that can be made), not a file."""
+    root = cache_root()
+    if root is not None and root.exists() and not root.is_dir():
+        raise DataError(f"cannot write the decoded-image cache in {ENV_CACHE}={root}: that is a file, not a folder;"
+                        f" point {ENV_CACHE} at a folder, or set {ENV_CACHE}=off to decode in memory")
+
+
+def _fix(error: OSError) -> str:
+    """What to do when the cache cannot be written, by what the system said."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"free disk space, point {ENV_CACHE} at a larger disk, or set {ENV_CACHE}=off to decode in memory"
+    if error.errno in (errno.ENOTDIR, errno.EEXIST):
+        return f"a file stands where a folder of the cache should be; point {ENV_CACHE} at a folder"
+    return f"set {ENV_CACHE} to a writable folder, or {ENV_CACHE}=off to decode in memory"
 
 
 def available_cpus() -> int:
@@ -104,12 +123,16 @@ def _open_or_build(path: Path, table: ImageTable, size: int, crop: tuple[int, in
     shape = (len(table), size, size, 3)
     if (images := _open(path, shape)) is not None:
         return images
+    check_cache_root()
+    lock = path.with_suffix(".lock")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path.with_suffix(".lock"))):
+        with FileLock(str(lock)):
             if (images := _open(path, shape)) is not None:  # another process built it meanwhile
                 return images
-            partial = path.with_name(path.name + ".partial")
+            # Named per process: a builder that took a lock file another process had just removed
+            # (below) writes its own partial file, never one being written.
+            partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
             try:
                 out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
                 started = time.perf_counter()
@@ -123,10 +146,9 @@ def _open_or_build(path: Path, table: ImageTable, size: int, crop: tuple[int, in
             log.info("decoded %d images at %d px into %s (%.0f MB) in %.1f s", len(table), size, path,
                      megabytes, time.perf_counter() - started)
     except OSError as e:
-        raise DataError(
-            f"cannot write the decoded-image cache {path} ({e.strerror or e}); free disk space, set"
-            f" {ENV_CACHE} to a writable folder, or {ENV_CACHE}=off to decode in memory"
-        ) from e
+        raise DataError(f"cannot write the decoded-image cache {path} ({e.strerror or e}); {_fix(e)}") from e
+    finally:
+        lock.unlink(missing_ok=True)  # no empty lock files left behind, built or failed
     images = _open(path, shape)
     if images is None:
         raise DataError(f"the decoded-image cache {path} is unreadable; delete it and run again")

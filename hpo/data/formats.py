@@ -16,11 +16,40 @@ from hpo.registry import Registry
 
 FORMATS: Registry = Registry("data format")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+# What spreadsheets and pandas write for a missing value (pandas' default na_values): such a
+# label is no class of its own.
+MISSING = {"", "nan", "NaN", "NAN", "-nan", "-NaN", "None", "none", "null", "NULL", "NA", "N/A", "n/a",
+           "#N/A", "#NA", "<NA>"}
+# Modes whose values PIL's convert("RGB") clips to 0-255 instead of scaling: 16-bit and 32-bit
+# integer grey, and floating-point grey.
+WIDE_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
 
 def read_rgb(path: Path) -> np.ndarray:
     with Image.open(path) as image:
+        return to_rgb8(image)
+
+
+def to_rgb8(image: Image.Image) -> np.ndarray:
+    """An RGB uint8 array of any image PIL opens. 16-bit grey is scaled to 8 bits (65535 ->
+    255), as PIL itself does for 16-bit colour; 32-bit integer grey holding 8- or 16-bit values
+    likewise, and other ranges stretched from their minimum to their maximum; floating-point grey
+    in [0, 1] scaled by 255, otherwise clipped to [0, 255]. Every other mode goes through PIL's
+    own conversion (palette, CMYK, YCbCr, alpha dropped)."""
+    if image.mode not in WIDE_MODES:
         return np.asarray(image.convert("RGB"))
+    values = np.asarray(image).astype(np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if image.mode == "F":
+        scaled = values * 255.0 if low >= 0 and high <= 1 else values
+    elif image.mode.startswith("I;16") or (low >= 0 and 255 < high <= 65535):
+        scaled = values * (255.0 / 65535.0)
+    elif low >= 0 and high <= 255:
+        scaled = values
+    else:
+        scaled = (values - low) * (255.0 / max(high - low, 1.0))
+    grey = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
 
 
 def _existing_dir(root: str | None, key: str = "data.root") -> Path:
@@ -111,10 +140,14 @@ def csv(
             f"data.file: {listing} lacks column(s) {absent or needed} (or has no rows); set"
             " data.path_column / label_column / group_column to its header names"
         )
-    short = [line for line, r in enumerate(records, start=2) if any(r[c] in (None, "") for c in needed)]
+    def missing(record: dict[str, str | None]) -> str | None:
+        return next((c for c in needed if record[c] is None or record[c].strip() in MISSING), None)
+
+    short = [(line, column) for line, r in enumerate(records, start=2) if (column := missing(r))]
     if short:
-        raise DataError(f"data.file: {listing} line {short[0]} (and {len(short) - 1} more) leaves {', '.join(needed)}"
-                        " empty; fill or remove those rows")
+        line, column = short[0]
+        raise DataError(f"data.file: {listing} line {line} (and {len(short) - 1} more) leaves {', '.join(needed)} empty"
+                        f" or missing (its {column} is {records[line - 2][column] or ''!r}); fill or remove those rows")
     classes = sorted({r[label_column] for r in records})
     index = {name: i for i, name in enumerate(classes)}
     rows = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 from pathlib import Path
 
@@ -22,30 +23,34 @@ HEADS: Registry = Registry("model head")
 
 def check_backbone(name: str, key: str = "search.backbone") -> None:
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        hint = f" (similar: {', '.join(close)})" if close else ""
+        # By edit distance: a typo finds its model, a made-up name finds nothing.
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.75)
+        hint = f" (did you mean: {', '.join(close)}?)" if close else ""
         raise ConfigError(
             f"{key}: unknown timm backbone {name!r}{hint}; see timm.list_models() for the names"
         )
 
 
-def check_input_size(backbone: str, size: int) -> None:
-    """Run the untrained backbone, built for ``size`` as a trial builds it, once on a ``size`` px
-    image: some need a minimum (ConvNeXt), or sizes their patches and windows divide. Tried on
-    the meta device (no memory, no compute); a failure there is confirmed on the CPU."""
+def check_input_size(backbone: str, size: int, head: str = "single", factors: tuple[tuple[str, int], ...] = (),
+                     num_classes: int = 2) -> None:
+    """Run the untrained model, built as a trial builds it (backbone, ``head``, for ``size``), once
+    on a ``size`` px image: some backbones need a minimum (ConvNeXt), or sizes their patches and
+    windows divide; a head must fit what the backbone returns. Tried on the meta device (no
+    memory, no compute); a failure there is confirmed on the CPU."""
     for device in ("meta", "cpu"):
         try:
             with torch.device(device):
-                model = timm_model(backbone, False, 2, size).eval()
+                model = create_model(backbone, False, num_classes, head, factors, size).eval()
             with torch.inference_mode():
                 model(torch.zeros(1, 3, size, size, device=device))
             return
         except Exception as e:
             error = e
     reason = first_line(error, 160)
+    with_head = "" if head == "single" else f" with the {head} head"
     raise ConfigError(
-        f"search.backbone: {backbone} does not run on {size} px images ({type(error).__name__}: {reason});"
-        " search image sizes it takes or drop that backbone"
+        f"search.backbone: {backbone}{with_head} does not run on {size} px images ({type(error).__name__}:"
+        f" {reason}); search image sizes it takes or drop that backbone"
     )
 
 
@@ -171,7 +176,7 @@ class FactorizedModel(nn.Module):
     def __init__(self, body: nn.Module, sizes: tuple[int, ...]) -> None:
         super().__init__()
         self.body, self.sizes = body, tuple(sizes)
-        self.head = nn.Linear(body.num_features, sum(self.sizes))
+        self.head = nn.Linear(pooled_width(body), sum(self.sizes))
 
     def get_classifier(self) -> nn.Module:  # the part a frozen backbone keeps training
         return self.head
@@ -184,6 +189,12 @@ class FactorizedModel(nn.Module):
             shape[axis + 1] = self.sizes[axis]
             joint = joint + part.log_softmax(1).view(shape)
         return joint.flatten(1)
+
+
+def pooled_width(body: nn.Module) -> int:
+    """The width of what a timm model built without a classifier returns per image: its
+    features, or the pre-logits layer some put after pooling (MobileNetV3: 1024 against 288)."""
+    return getattr(body, "head_hidden_size", None) or body.num_features
 
 
 @HEADS.register("factorized")

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -27,15 +28,13 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.errors import HpoError
+from hpo.errors import EXIT_DEVICE, EXIT_DONE, EXIT_INPUT, EXIT_STOPPED, HpoError  # noqa: F401 - re-exported
 from hpo.objective import EpochEvent, Objective, pick_device, release_device_memory
-from hpo.study import COUNTED, StudyHandle, count_states
+from hpo.study import COUNTED, StudyHandle, count_states, record_budget, seed_sampler
 from hpo.workers.heartbeat import heartbeat, sweeper
 
 log = logging.getLogger(__name__)
 
-# Exit codes of `hpo worker`, read by the pool: 2 and 0 end a slot, the others restart it.
-EXIT_DONE, EXIT_INPUT, EXIT_DEVICE, EXIT_STOPPED = 0, 2, 3, 130
 WORKER_ATTR_PREFIX = "worker:"
 MAX_FAILURES_IN_A_ROW = 5
 
@@ -60,6 +59,8 @@ def is_device_failure(error: BaseException) -> bool:
     )
 
 
+# Set by `hpo run` for the worker processes it starts: its own process id.
+ENV_SUPERVISOR = "HPO_SUPERVISOR_PID"
 _stop_requested: type[BaseException] | None = None  # what a SIGTERM asked to raise (see stop_if_requested)
 
 
@@ -98,6 +99,33 @@ def stop_if_requested() -> None:
         raise _stop_requested()
 
 
+@contextmanager
+def stop_when_orphaned(interval: float = 1.0) -> Iterator[None]:
+    """In a worker process that `hpo run` started (``HPO_SUPERVISOR_PID``): stop as on SIGTERM
+    (the running trial failed and re-enqueued) once that process is gone, killed with no chance
+    to stop its workers (kill -9, an OOM kill). The worker is then re-parented, so its parent
+    process id changes. A worker started by hand has no supervisor and is left alone."""
+    supervisor = os.environ.get(ENV_SUPERVISOR, "").strip()
+    if not supervisor.isdigit():
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(interval):
+            if os.getppid() != int(supervisor):
+                log.warning("the hpo run that started this worker (pid %s) is gone: stopping", supervisor)
+                os.kill(os.getpid(), signal.SIGTERM)  # the SIGTERM path: the trial goes back to the queue
+                return
+
+    thread = threading.Thread(target=watch, name="supervisor-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
 @dataclass
 class Worker:
     handle: StudyHandle
@@ -108,6 +136,7 @@ class Worker:
     on_epoch: Callable[[EpochEvent], None] | None = None
     on_trial_end: Callable[[FrozenTrial], None] | None = None
     on_trial_start: Callable[[int], None] | None = None  # the claimed trial's number
+    on_wait: Callable[[str], None] | None = None  # why the worker waits (default: logged)
     name: str = field(default_factory=worker_name)
     poll_seconds: float = 2.0
     ran: int = 0
@@ -119,7 +148,10 @@ class Worker:
         spec, study = self.handle.spec, self.handle.study
         objective = Objective(spec, self.handle.table, self.handle.plan, self.device, self._epoch_ended)
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        seed_sampler(self.handle)
+        record_budget(study, self.budget)
         self._register()
+        waited_for: set[int] = set()
         with sweeper(study, spec.workers.sweep_interval, also=self._register):
             while deadline is None or time.monotonic() < deadline:
                 stop_if_requested()
@@ -127,11 +159,37 @@ class Worker:
                 if claimed is None:
                     break
                 if claimed == "wait":
+                    waited_for = self._say_why_waiting(waited_for)
                     time.sleep(self.poll_seconds)
                     continue
+                waited_for = set()
                 self._run_trial(objective, claimed)
         self._register(finished=True)
         return self.ran
+
+    def _say_why_waiting(self, said: set[int]) -> set[int]:
+        """Once per set of running trials: the budget's last places are theirs, and a trial
+        whose worker is gone (a crash before this resume) is failed and retried only once its
+        heartbeat is a grace period old; say so, and when, instead of sitting silent."""
+        study, workers = self.handle.study, self.handle.spec.workers
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        numbers = {t.number for t in running}
+        if not numbers or numbers == said:
+            return numbers
+        seen = {key.removeprefix(WORKER_ATTR_PREFIX): info.get("last_seen", 0.0)
+                for key, info in study.user_attrs.items() if key.startswith(WORKER_ATTR_PREFIX)}
+        now, parts = time.time(), []
+        for trial in sorted(running, key=lambda t: t.number):
+            owner = trial.user_attrs.get("worker", "?")
+            last = seen.get(owner)
+            heard = f"last heard {now - last:.0f} s ago" if last else "never heard from"
+            parts.append(f"trial {trial.number} ({owner}, {heard})")
+        latest = workers.grace_period + workers.sweep_interval
+        message = (f"waiting for {', '.join(parts)}: they hold the budget's last places. A trial whose worker"
+                   f" stopped is failed and retried once its heartbeat is {workers.grace_period} s old"
+                   f" (workers.grace_period), within about {latest:.0f} s of its worker's last word")
+        (self.on_wait or log.info)(message)
+        return numbers
 
     def _epoch_ended(self, event: EpochEvent) -> None:
         stop_if_requested()

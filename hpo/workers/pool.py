@@ -18,12 +18,12 @@ import torch
 from optuna.trial import TrialState
 from rich.console import Console
 
-from hpo.errors import ConfigError, HpoError, first_line
+from hpo.errors import EXIT_DONE, EXIT_INPUT, ConfigError, HpoError, first_line
 from hpo.progress import RunDisplay
 from hpo.storage import ENV_STORAGE, STORAGE_FAILURES, is_sqlite
 from hpo.study import StudyHandle
 from hpo.workers.heartbeat import sweeper
-from hpo.workers.loop import EXIT_DONE, EXIT_INPUT, sigterm_raises, stop_if_requested
+from hpo.workers.loop import ENV_SUPERVISOR, sigterm_raises, stop_if_requested
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,8 @@ class Pool:
         command += [arg for o in self.overrides for arg in ("--set", o)]
         command += ["--timeout", f"{remaining:.0f}"] if remaining is not None else []
         env = {**os.environ, ENV_STORAGE: self.handle.url,  # in the environment, not argv: ps shows argv
-               "HPO_THREADS": str(slot.threads), "OMP_NUM_THREADS": str(slot.threads)}
+               "HPO_THREADS": str(slot.threads), "OMP_NUM_THREADS": str(slot.threads),
+               ENV_SUPERVISOR: str(os.getpid())}  # the worker stops if this process dies
         if slot.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot.gpu
         log = self.logs / f"worker-{slot.index}.log"

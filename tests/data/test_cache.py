@@ -113,8 +113,19 @@ def test_unwritable_cache_is_one_clear_error(fresh_cache, image_root, monkeypatc
     blocker.write_text("not a folder")
     monkeypatch.setenv(cache.ENV_CACHE, str(blocker))
     table = load_table("imagefolder", {"root": str(image_root)})
-    with pytest.raises(DataError, match=r"cannot write the decoded-image cache .*HPO_CACHE=off to decode in memory"):
+    with pytest.raises(DataError, match=r"cannot write the decoded-image cache .*HPO_CACHE=off to decode in memory") as info:
         cache.decoded(table, 12)
+    # It names the real problem, not a full disk.
+    assert f"HPO_CACHE={blocker}: that is a file, not a folder" in str(info.value) and "disk" not in str(info.value)
+
+
+def test_no_lock_file_is_left_after_a_build_or_a_failed_one(fresh_cache, data_copy):
+    table = load_table("imagefolder", {"root": str(data_copy)})
+    cache.decoded(table, 12)
+    (data_copy / "c1_green" / "03.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="cannot read"):
+        cache.decoded(load_table("imagefolder", {"root": str(data_copy)}), 12)
+    assert sorted(p.suffix for p in (fresh_cache / "decoded").iterdir()) == [".npy"]  # the built one alone
 
 
 def test_corrupt_image_names_the_file_and_leaves_nothing(fresh_cache, data_copy):

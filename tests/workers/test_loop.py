@@ -248,3 +248,42 @@ def test_a_claim_made_under_a_lost_lock_goes_back_to_the_queue(image_root, tmp_p
         assert len(handle.study.get_trials()) == 2
     else:  # a held lock rules the race out: nothing to check, nothing given back
         assert claimed.number == second.number and second.state == TrialState.RUNNING
+
+
+def test_a_resumed_or_second_run_samples_new_configurations(image_root, tmp_path):
+    """Each process that samples a study gets a sampler seed of its own: a resume (or a second
+    `hpo run`) no longer replays the seeded sequence. One uninterrupted run stays reproducible."""
+    spec = parse_spec(tiny_study(image_root, tmp_path, budget__max_epochs=1))
+    url = f"sqlite:///{tmp_path / 'resumed.db'}"
+    run_study(spec, url, n_trials=1, live=False)
+    resumed = run_study(spec, url, n_trials=2, live=False).study
+    first, second = (t.params for t in resumed.trials)
+    assert first["lr"] != second["lr"]
+    assert resumed.user_attrs["sampler_sessions"] == 2
+    at_once = run_study(spec, f"sqlite:///{tmp_path / 'at-once.db'}", n_trials=2, live=False).study
+    assert at_once.trials[0].params == first  # the first session samples from the study's seed
+    assert at_once.trials[1].params != second
+
+
+def test_every_process_on_a_study_gets_its_own_sampler_seed(image_root, tmp_path):
+    spec = parse_spec(tiny_study(image_root, tmp_path, seed=7))
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    seeds = [study.seed_sampler(connect(spec, url)) for _ in range(3)]
+    assert seeds[0] == 7 and len(set(seeds)) == 3
+    assert seeds == [study.session_seed(7, session) for session in range(3)]  # reproducible in turn
+
+
+def test_a_worker_waiting_on_a_lost_trial_says_what_it_waits_for(image_root, tmp_path):
+    """A resume after a crash: the budget's last place is held by a trial whose worker is gone.
+    The worker says what it waits for and when that trial is failed, instead of sitting silent."""
+    spec = parse_spec(tiny_study(image_root, tmp_path, budget__n_trials=1,
+                                 workers={"heartbeat_interval": 1, "grace_period": 30}))
+    handle = connect(spec, f"sqlite:///{tmp_path / 's.db'}")
+    orphan = handle.study.ask()
+    orphan.set_user_attr("worker", "gone-box:99")
+    handle.storage.record_heartbeat(orphan._trial_id)
+    said = []
+    ran = Worker(handle, budget=1, timeout=1.0, poll_seconds=0.2, on_wait=said.append).run()
+    assert ran == 0 and len(said) == 1  # said once, not at every look
+    assert said[0].startswith("waiting for trial 0 (gone-box:99, never heard from): they hold the budget's last places")
+    assert "failed and retried once its heartbeat is 30 s old (workers.grace_period), within about 40 s" in said[0]

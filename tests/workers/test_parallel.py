@@ -172,3 +172,37 @@ def test_status_shows_states_best_and_workers(image_root, tmp_path):
     assert f"study {study.study_name}: 2/2 trials done" in out
     assert f"best macro F1 {study.best_value:.4f} (trial {study.best_trial.number})" in out
     assert "finished" in out  # the in-process worker registered and signed off
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie no longer does)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+def test_killing_hpo_run_stops_its_workers_and_requeues_their_trials(image_root, tmp_path):
+    """kill -9 of the lead process gives it no chance to stop its workers: they notice that
+    their supervisor is gone and stop as on SIGTERM, instead of running the budget unseen."""
+    import os
+    import signal
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    path = worker_study(image_root, tmp_path, n_trials=6, max_epochs=40)
+    run = start("run", "--study", str(path), "--workers", "2", cwd=tmp_path, storage=url)
+    name = name_of(path)
+    study, _ = running_trial(name, url)
+    workers = [int(key.rsplit(":", 1)[1]) for key in study.user_attrs if key.startswith("worker:")]
+    assert len(workers) >= 1 and all(_alive(pid) for pid in workers)
+    os.kill(run.pid, signal.SIGKILL)
+    run.communicate(timeout=60)
+    wait_for(lambda: not any(_alive(pid) for pid in workers), 60, "the workers to stop")
+    study = load(name, url)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    stopped = study.get_trials(states=(TrialState.FAIL,))
+    assert stopped and all(t.user_attrs["fail_reason"] == "worker stopped" for t in stopped)
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert sorted(t.user_attrs["requeued_from"] for t in waiting) == sorted(t.number for t in stopped)
