@@ -25,7 +25,7 @@ from throughput import augment_rate, pipeline_rate, sync  # noqa: E402
 from hpo.data.augment import build_pipeline, preset_ops  # noqa: E402
 from hpo.data.batch_augment import BATCH_OPS, Draws  # noqa: E402
 from hpo.data.loader import AugmentedImages, _whole_batch, train_loader  # noqa: E402
-from hpo.objective import pick_device  # noqa: E402
+from hpo.system import pick_device  # noqa: E402
 from hpo.train.config import AugmentOp  # noqa: E402
 
 

@@ -31,7 +31,7 @@ def worker(args: argparse.Namespace) -> None:
 
     from hpo.data import cache
     from hpo.data.formats import load_table
-    from hpo.objective import pick_device
+    from hpo.system import pick_device
     from hpo.train.loop import FoldData, fit_fold
 
     if threads := os.environ.get("HPO_THREADS"):

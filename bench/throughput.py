@@ -43,7 +43,7 @@ from hpo.data import cache  # noqa: E402
 from hpo.data.augment import build_pipeline, preset_ops  # noqa: E402
 from hpo.data.formats import load_table  # noqa: E402
 from hpo.data.loader import RING_BYTES, on_device, opencv_threads, side_stream  # noqa: E402
-from hpo.objective import pick_device  # noqa: E402
+from hpo.system import available_cpus, pick_device  # noqa: E402
 from hpo.train.config import AUGMENT_ON, AugmentOp  # noqa: E402
 from hpo.train.loop import FoldData, Stepper, autocast_for, compiled, fit_fold, fold_batches  # noqa: E402
 from hpo.train.models import create_model, to_device  # noqa: E402
@@ -131,20 +131,20 @@ def unfused() -> None:
 def counted_copy_waits() -> Iterator[list[int]]:
     """For the block, [copies on_device waited for, those it found still running (the host
     blocked)]; on_device waits for copies on a GPU only."""
-    from hpo.data import loader
+    from hpo.data import prefetch
 
-    counts, wait = [0, 0], loader._wait
+    counts, wait = [0, 0], prefetch._wait
 
     def counted(copy: torch.cuda.Event) -> None:
         counts[0] += 1
         counts[1] += not copy.query()
         wait(copy)
 
-    loader._wait = counted
+    prefetch._wait = counted
     try:
         yield counts
     finally:
-        loader._wait = wait
+        prefetch._wait = wait
 
 
 def copied_ring() -> None:
@@ -158,7 +158,7 @@ def copied_ring() -> None:
 def page_lock_seconds() -> float:
     """Seconds to page-lock a ring of the largest size (once per fold, on a GPU) and let it go;
     nan where /dev/shm has no room for it or the lock is refused."""
-    from hpo.data.loader import page_lock, shared_memory_free
+    from hpo.data.ring import page_lock, shared_memory_free
 
     if (shared_memory_free() or 0) < 2 * RING_BYTES:
         return float("nan")
@@ -365,7 +365,7 @@ def main() -> None:
     images = cache.decoded(table, args.image_size)
     build = time.perf_counter() - started
     print(f"decode once: {len(table)} JPEGs (384x512) -> cache in {build:.1f} s ="
-          f" {len(table) / build:.0f} images/s on {cache.available_cpus()} threads", flush=True)
+          f" {len(table) / build:.0f} images/s on {available_cpus()} threads", flush=True)
     print(f"common way, every epoch: PIL + torchvision {common_way_rate(table, args.image_size):.0f}"
           f" images/s per core", flush=True)
     print(f"augmentation ({args.augment}) on uint8: {augment_rate(images, args.augment):.0f} images/s per core",

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from hpo import keys
 from hpo.errors import EXIT_STOPPED, HpoError
 
 
@@ -66,8 +67,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from hpo.errors import EXIT_DEVICE, EXIT_INPUT
-        from hpo.workers import DeviceError, WorkerStopping
+        from hpo.errors import EXIT_DEVICE, EXIT_INPUT, DeviceError, WorkerStopping
 
         try:
             return command(*args, **kwargs)
@@ -138,9 +138,9 @@ def run(
 ) -> None:
     """Run (or resume) a study until its total trial budget is reached."""
     from hpo.config import find_study_file, load_spec
-    from hpo.env import limit_threads
     from hpo.progress import summary_table
     from hpo.run import run_study
+    from hpo.system import limit_threads
     from hpo.workers.loop import raise_on_sigterm
 
     raise_on_sigterm()
@@ -169,8 +169,8 @@ def worker(
     """Join a study as one worker (from any machine) and run trials until its budget is reached.
 
     Without the study file here, the spec stored with the study is used."""
-    from hpo.env import limit_threads
     from hpo.run import run_worker
+    from hpo.system import limit_threads
     from hpo.workers.loop import raise_on_sigterm
 
     raise_on_sigterm()
@@ -274,7 +274,7 @@ def train(
     from hpo.errors import ConfigError
     from hpo.export import read_export
     from hpo.final import train_final
-    from hpo.objective import pick_device
+    from hpo.system import pick_device
 
     if mode not in ("folds", "full"):
         raise ConfigError(f"--mode {mode!r}: use folds or full")
@@ -310,8 +310,8 @@ def predict(
     """Predict with the saved model(s) (soft vote) and write the submission CSV."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from hpo.objective import pick_device
     from hpo.predict import find_inputs, load_models, predict_probabilities, write_submission
+    from hpo.system import pick_device
 
     device = pick_device()
     models, classes = load_models(model, device)
@@ -339,10 +339,9 @@ def report(
     """Write a self-contained HTML report of the study's plots."""
     from hpo.review.report import write_report
     from hpo.status import load_existing
-    from hpo.storage import ATTR_CLASSES
 
     existing = load_existing(_spec(study, set_ or [], storage), storage)
-    write_report(existing, existing.user_attrs.get(ATTR_CLASSES), output)
+    write_report(existing, existing.user_attrs.get(keys.CLASSES), output)
     console.print(f"wrote {output}")
 
 
@@ -384,7 +383,7 @@ def data_prepare(study: StudyOpt, set_: SetOpt = None) -> None:
     """Decode, crop and resize every image once, at every image size the study can sample, into
     the cache every trial and worker on this machine reads ($HPO_CACHE, default ~/.cache/hpo)."""
     from hpo.config import load_spec
-    from hpo.data.prepare import prepare_cache
+    from hpo.prepare import prepare_cache
 
     spec = load_spec(study, set_ or [])
     for entry in prepare_cache(spec, progress=console.is_terminal):
@@ -395,6 +394,9 @@ def data_prepare(study: StudyOpt, set_: SetOpt = None) -> None:
 
 
 def main() -> None:
+    from hpo.settings import load_env
+
+    load_env()  # first: libraries read their own variables (HF_HOME...) as they are imported
     # Quieter Optuna: hpo prints its own per-trial lines.
     import optuna
 

@@ -29,6 +29,15 @@ class StorageError(HpoError):
     """The storage cannot be reached or does not hold what was expected."""
 
 
+class DeviceError(Exception):
+    """A CUDA error other than out-of-memory: the device may be unusable; the process exits
+    so that its supervisor starts a fresh one."""
+
+
+class WorkerStopping(BaseException):
+    """SIGTERM: the running trial is failed and re-enqueued, then the worker exits."""
+
+
 class TrainingDiverged(Exception):
     """The loss became NaN or infinite; the trial is pruned with this reason, not crashed."""
 

@@ -17,12 +17,12 @@ import optuna
 import yaml
 from optuna.trial import FixedTrial, FrozenTrial, TrialState
 
+from hpo import keys
 from hpo.config import StudySpec, parse_spec, read_yaml
 from hpo.data.folds import plan_digest
 from hpo.errors import ConfigError
 from hpo.files import write_whole
 from hpo.space import trial_config
-from hpo.storage import ATTR_FINGERPRINT, ATTR_PLAN, ATTR_SPEC
 from hpo.train.config import TrainConfig
 
 FORMAT_VERSION = 1
@@ -76,8 +76,8 @@ def _exported(trial: FrozenTrial, spec: StudySpec) -> ExportedTrial:
     attrs = trial.user_attrs
     return ExportedTrial(
         trial=trial.number, state=trial.state.name, value=trial.value,
-        fold_f1=list(attrs.get("fold_f1", [])), f1_std=attrs.get("f1_std"),
-        best_epochs=list(attrs.get("best_epochs", [])), params=dict(trial.params),
+        fold_f1=list(attrs.get(keys.FOLD_F1, [])), f1_std=attrs.get(keys.F1_STD),
+        best_epochs=list(attrs.get(keys.BEST_EPOCHS, [])), params=dict(trial.params),
         config=trial_config(FixedTrial(trial.params, trial.number), spec),
     )
 
@@ -100,12 +100,12 @@ def choose_trials(study: optuna.Study, trial: int | None, top_k: int) -> list[Fr
 
 def export_study(study: optuna.Study, trial: int | None = None, top_k: int = 1) -> Export:
     attrs = study.user_attrs
-    if ATTR_SPEC not in attrs:
+    if keys.SPEC not in attrs:
         raise ConfigError(f"study {study.study_name!r} was not created by hpo; nothing to export")
-    spec = parse_spec(attrs[ATTR_SPEC], f"study {study.study_name!r} (from storage)")
+    spec = parse_spec(attrs[keys.SPEC], f"study {study.study_name!r} (from storage)")
     chosen = choose_trials(study, trial, top_k)
-    return Export(study=study.study_name, spec=attrs[ATTR_SPEC], data_fingerprint=attrs[ATTR_FINGERPRINT],
-                  fold_plan=plan_digest(np.asarray(attrs[ATTR_PLAN])),
+    return Export(study=study.study_name, spec=attrs[keys.SPEC], data_fingerprint=attrs[keys.DATA_FINGERPRINT],
+                  fold_plan=plan_digest(np.asarray(attrs[keys.FOLD_PLAN])),
                   trials=[_exported(t, spec) for t in chosen])
 
 

@@ -24,7 +24,7 @@ import yaml
 from hpo.data.augment import OPS
 from hpo.data.cache import decoded
 from hpo.data.folds import iter_folds, plan_digest
-from hpo.data.loader import SAMPLING
+from hpo.data.sampling import SAMPLING
 from hpo.data.table import ImageTable
 from hpo.errors import ConfigError, DataError
 from hpo.export import Export, ExportedTrial
@@ -78,7 +78,7 @@ def train_final(
     on_epoch: Callable[[ExportedTrial, EpochResult], None] | None = None,
 ) -> FinalResult:
     """Train the exported trials' final models into ``out`` (written whole or not at all)."""
-    from hpo.objective import pick_device
+    from hpo.system import pick_device
 
     device = device or pick_device()
     out = Path(out)

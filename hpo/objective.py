@@ -8,7 +8,6 @@ over folds of each fold's best macro F1.
 
 from __future__ import annotations
 
-import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import numpy as np
 import optuna
 import torch
 
+from hpo import keys
 from hpo.config import StudySpec
 from hpo.data.cache import decoded
 from hpo.data.folds import iter_folds
@@ -26,6 +26,7 @@ from hpo.review.artifacts import TrialReview, artifact_location, open_artifact_s
 from hpo.review.note import save_trial_note
 from hpo.space import trial_config
 from hpo.strategy import report_step, reports_per_fold
+from hpo.system import pick_device, release_device_memory
 from hpo.tracking import build_trackers
 from hpo.train.config import TrainConfig
 from hpo.train.loop import EpochResult, FoldData, FoldResult, fit_fold
@@ -38,18 +39,6 @@ class EpochEvent:
     trial: int
     result: EpochResult
     folds: int
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def release_device_memory() -> None:
-    """Collect a finished trial's tensors and hand the GPU's cached blocks back at once: a packed
-    neighbour (--trials-per-gpu) may need them before this worker's next trial does."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 class Objective:
@@ -69,7 +58,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         cfg = trial_config(trial, self.spec)
-        trial.set_user_attr("config", cfg.to_dict())  # the full recipe, fixed values included
+        trial.set_user_attr(keys.CONFIG, cfg.to_dict())  # the full recipe, fixed values included
         for tracker in self.trackers:
             tracker.trial_started(trial.number, trial.params, cfg)
         outcome: tuple[str, float | None, str | None] = ("FAIL", None, None)
@@ -91,7 +80,7 @@ class Objective:
     def _run(self, trial: optuna.Trial, cfg: TrainConfig) -> float:
         started = time.perf_counter()
         trial.set_user_attr(
-            "device",
+            keys.DEVICE,
             str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device),
         )
         folds: list[FoldResult] = []
@@ -107,7 +96,7 @@ class Objective:
             raise
         except TrainingDiverged as e:
             ended = True
-            trial.set_user_attr("prune_reason", f"diverged: {e}")
+            trial.set_user_attr(keys.PRUNE_REASON, f"diverged: {e}")
             raise optuna.TrialPruned(f"diverged: {e}") from e
         except torch.OutOfMemoryError:
             ended = out_of_memory = True  # handled below, once the failed step's tensors are released
@@ -119,7 +108,7 @@ class Objective:
             release_device_memory()
             reason = (f"out of memory: backbone {cfg.backbone}, batch_size {cfg.batch_size},"
                       f" image_size {cfg.image_size} on {self.device}")
-            trial.set_user_attr("prune_reason", reason)
+            trial.set_user_attr(keys.PRUNE_REASON, reason)
             raise optuna.TrialPruned(reason)
         return float(np.mean([f.best_f1 for f in folds]))
 
@@ -148,7 +137,7 @@ class Objective:
             for tracker in self.trackers:
                 tracker.epoch(trial.number, result)
             # Visible to `hpo status` and the pool's display, from any machine.
-            trial.set_user_attr("progress", {"fold": result.fold, "epoch": result.epoch,
+            trial.set_user_attr(keys.PROGRESS, {"fold": result.fold, "epoch": result.epoch,
                                              "f1": round(result.macro_f1, 4)})
             if self.on_epoch is not None:
                 self.on_epoch(EpochEvent(trial.number, result, self.spec.cv.folds))
@@ -165,30 +154,30 @@ class Objective:
     def _prune_if_asked(self, trial: optuna.Trial, where: str) -> None:
         if trial.should_prune():
             reason = f"{self.spec.pruner.type} pruner {where}"
-            trial.set_user_attr("prune_reason", reason)
+            trial.set_user_attr(keys.PRUNE_REASON, reason)
             raise optuna.TrialPruned(reason)
 
     def _record(self, trial: optuna.Trial, folds: list[FoldResult], seconds: float, review: bool) -> None:
         """User attributes for review, kept for pruned trials too (for the folds they trained);
         with ``review``, the artifacts and the trial's note as well."""
-        trial.set_user_attr("wall_seconds", round(seconds, 2))
+        trial.set_user_attr(keys.WALL_SECONDS, round(seconds, 2))
         folds = [f for f in folds if f.history]
         if not folds:
             return
         if review:
             results = TrialReview(self.table.classes, folds)
             if results.has_predictions:
-                trial.set_user_attr("confusion_matrix", results.confusion().tolist())
-                trial.set_user_attr("artifacts", upload_review(trial, self.artifacts, results))
-            save_trial_note(trial, folds, seconds, trial.user_attrs.get("prune_reason"))
+                trial.set_user_attr(keys.CONFUSION_MATRIX, results.confusion().tolist())
+                trial.set_user_attr(keys.ARTIFACTS, upload_review(trial, self.artifacts, results))
+            save_trial_note(trial, folds, seconds, trial.user_attrs.get(keys.PRUNE_REASON))
         f1 = [f.best_f1 for f in folds]
-        trial.set_user_attr("fold_f1", [round(v, 5) for v in f1])
-        trial.set_user_attr("f1_std", round(float(np.std(f1)), 5))
-        trial.set_user_attr("best_epochs", [f.best_epoch for f in folds])
+        trial.set_user_attr(keys.FOLD_F1, [round(v, 5) for v in f1])
+        trial.set_user_attr(keys.F1_STD, round(float(np.std(f1)), 5))
+        trial.set_user_attr(keys.BEST_EPOCHS, [f.best_epoch for f in folds])
         trial.set_user_attr(
-            "per_class_f1", np.mean([f.per_class_f1 for f in folds], axis=0).round(4).tolist()
+            keys.PER_CLASS_F1, np.mean([f.per_class_f1 for f in folds], axis=0).round(4).tolist()
         )
         trial.set_user_attr(
-            "images_per_second", round(float(np.mean([f.images_per_second for f in folds])), 1)
+            keys.IMAGES_PER_SECOND, round(float(np.mean([f.images_per_second for f in folds])), 1)
         )
-        trial.set_user_attr("data_wait", round(float(np.mean([f.data_wait for f in folds])), 3))
+        trial.set_user_attr(keys.DATA_WAIT, round(float(np.mean([f.data_wait for f in folds])), 3))

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from hpo.config import read_yaml
-from hpo.data.formats import IMAGE_EXTENSIONS, read_rgb
-from hpo.data.loader import to_input
+from hpo.data.images import IMAGE_EXTENSIONS, read_rgb
+from hpo.data.prefetch import to_input
 from hpo.data.table import resize_image
 from hpo.errors import DataError
 from hpo.files import write_whole

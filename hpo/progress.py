@@ -15,6 +15,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from hpo import keys
 from hpo.objective import EpochEvent
 from hpo.study import best_value, count_states
 
@@ -25,14 +26,14 @@ def trial_line(trial: FrozenTrial) -> str:
     if trial.state == TrialState.COMPLETE:
         outcome = f"macro F1 {trial.value:.4f} folds {trial.user_attrs.get('fold_f1')}"
     elif trial.state == TrialState.PRUNED:  # its value is only its last report: say why
-        outcome = trial.user_attrs.get("prune_reason", "")
+        outcome = trial.user_attrs.get(keys.PRUNE_REASON, "")
     else:
-        outcome = trial.user_attrs.get("fail_reason", "no heartbeat within the grace period (worker lost)")
-    seconds = trial.user_attrs.get("wall_seconds")
+        outcome = trial.user_attrs.get(keys.FAIL_REASON, "no heartbeat within the grace period (worker lost)")
+    seconds = trial.user_attrs.get(keys.WALL_SECONDS)
     if seconds is None:  # a trial its worker never finished (lost, stopped): start to end
         seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() \
             if trial.datetime_complete and trial.datetime_start else 0
-    backbone = trial.user_attrs.get("config", {}).get("backbone", "")
+    backbone = trial.user_attrs.get(keys.CONFIG, {}).get("backbone", "")
     return f"trial {trial.number:>3} {trial.state.name:<8} {outcome} ({seconds:.0f}s) {backbone}"
 
 
@@ -97,7 +98,7 @@ class RunDisplay:
         self._refresh()
 
     def _progress_text(self, trial: FrozenTrial) -> str:
-        p = trial.user_attrs.get("progress")
+        p = trial.user_attrs.get(keys.PROGRESS)
         where = f"fold {p['fold'] + 1} epoch {p['epoch'] + 1}  val F1 {p['f1']:.4f}" if p else "starting"
         return f"{where}  [{trial.user_attrs.get('worker', '?')}]"
 
@@ -136,7 +137,7 @@ def summary_table(study: optuna.Study, last: int = 25) -> Table:
         table.add_column(column, justify="right" if numeric else "left")
     for t in trials[-last:]:
         complete = t.state == TrialState.COMPLETE
-        cfg = t.user_attrs.get("config", {})
+        cfg = t.user_attrs.get(keys.CONFIG, {})
         table.add_row(
             f"{t.number}{'*' if complete and t.value == best else ''}",
             t.state.name,

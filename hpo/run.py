@@ -10,10 +10,10 @@ import optuna
 from rich.console import Console
 
 from hpo.config import StudySpec
-from hpo.objective import pick_device
 from hpo.progress import FINISHED, RunDisplay, trial_line
 from hpo.storage import redact, resolve_url
 from hpo.study import COUNTED, connect, count_states, record_budget, trials_done
+from hpo.system import pick_device
 from hpo.workers import Pool, Worker, plan_slots
 from hpo.workers.loop import stop_when_orphaned
 from hpo.workers.pool import check_pool_storage

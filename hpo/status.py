@@ -10,11 +10,11 @@ from optuna.trial import TrialState
 from rich.table import Table
 from rich.text import Text
 
+from hpo import keys
 from hpo.config import StudySpec
 from hpo.errors import StorageError
 from hpo.storage import open_storage, redact, require_database, resolve_url
 from hpo.study import COUNTED, best_value, count_states, stored_budget, trials_done
-from hpo.workers.loop import WORKER_ATTR_PREFIX
 
 
 def load_existing(spec: StudySpec, url: str | None, read_only: bool = True) -> optuna.Study:
@@ -43,12 +43,12 @@ def study_status(spec: StudySpec, url: str | None = None) -> list[object]:
     now = time.time()
     for t in trials:
         if t.state == TrialState.RUNNING:
-            p = t.user_attrs.get("progress", {})
+            p = t.user_attrs.get(keys.PROGRESS, {})
             start = t.datetime_start
             if start is not None and start.tzinfo is None:
                 start = start.replace(tzinfo=timezone.utc)  # Optuna 5 stores UTC
             since = now - start.timestamp() if start else 0
-            running.add_row(str(t.number), str(t.user_attrs.get("worker", "?")), str(p.get("fold", "-")),
+            running.add_row(str(t.number), str(t.user_attrs.get(keys.WORKER, "?")), str(p.get("fold", "-")),
                             str(p.get("epoch", "-")), str(p.get("f1", "-")), f"{since:.0f}s")
 
     workers = Table(title="workers")
@@ -56,12 +56,12 @@ def study_status(spec: StudySpec, url: str | None = None) -> list[object]:
         workers.add_column(column)
     stale_after = spec.workers.grace_period  # a live worker says so every sweep_interval
     for key, info in sorted(study.user_attrs.items()):
-        if not key.startswith(WORKER_ATTR_PREFIX):
+        if not key.startswith(keys.WORKER_PREFIX):
             continue
         age = now - info["last_seen"]
         state = "finished" if info.get("finished") else ("live" if age < stale_after else "lost")
         if state == "finished" and age > 3600:
             continue  # old history: keep the table short
-        workers.add_row(key.removeprefix(WORKER_ATTR_PREFIX), info.get("device", "?"), state,
+        workers.add_row(key.removeprefix(keys.WORKER_PREFIX), info.get("device", "?"), state,
                         str(info.get("trial") if info.get("trial") is not None else "-"), f"{age:.0f}s ago")
     return [head, running, workers]

@@ -34,7 +34,6 @@ from urllib.parse import quote
 
 import numpy as np
 import optuna
-from dotenv import load_dotenv
 from optuna.exceptions import StorageInternalError
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
@@ -48,14 +47,14 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.pool import NullPool
 
+from hpo import keys
 from hpo.config import StudySpec
 from hpo.data.table import ImageTable
 from hpo.errors import DataError, StorageError, first_line
+from hpo.settings import STORAGE as ENV_STORAGE
+from hpo.settings import settings
 
 log = logging.getLogger(__name__)
-ENV_STORAGE = "HPO_STORAGE"
-ATTR_PLAN, ATTR_FINGERPRINT, ATTR_CV, ATTR_SPEC = "fold_plan", "data_fingerprint", "cv", "spec"
-ATTR_CLASSES = "classes"
 RETRY_SECONDS = 120.0
 MAX_BACKOFF_SECONDS = 5.0  # the longest sleep between two tries of a retried call
 CONNECT_RETRY_SECONDS = 10.0  # opening a storage: a database restarting, or workers racing to create the schema
@@ -74,10 +73,10 @@ def outage_within(seconds: float) -> bool:
 
 
 def resolve_url(url: str | None, spec: StudySpec | None = None) -> str:
-    """``--storage``, else ``HPO_STORAGE`` (environment or ./.env), else a SQLite file in the
-    study's output folder; checked (:func:`check_url`) before anything uses it."""
-    load_dotenv(Path.cwd() / ".env", override=False)
-    url = url or os.environ.get(ENV_STORAGE)
+    """``--storage``, else ``HPO_STORAGE`` (the environment, or ./.env loaded by the command
+    line), else a SQLite file in the study's output folder; checked (:func:`check_url`) before
+    anything uses it."""
+    url = url or settings().storage
     if not url:
         if spec is None:
             raise StorageError(f"no storage given; pass --storage URL or set {ENV_STORAGE}")
@@ -470,9 +469,9 @@ def stored_spec(url: str, study_name: str) -> dict[str, Any]:
     except KeyError:
         raise StorageError(f"no study {study_name!r} in {redact(url)}; start it with hpo run first, or give the study file") from None
     attrs = storage.get_study_user_attrs(study_id)
-    if ATTR_SPEC not in attrs:
+    if keys.SPEC not in attrs:
         raise StorageError(f"study {study_name!r} in {redact(url)} was not created by hpo; give the study file")
-    return attrs[ATTR_SPEC]
+    return attrs[keys.SPEC]
 
 
 def open_study(spec: StudySpec, storage: optuna.storages.BaseStorage, table: ImageTable,
@@ -493,22 +492,22 @@ def open_study(spec: StudySpec, storage: optuna.storages.BaseStorage, table: Ima
     )
     attrs = study.user_attrs
     cv = {"folds": spec.cv.folds, "seed": spec.cv.seed}
-    if ATTR_PLAN not in attrs:
-        study.set_user_attr(ATTR_FINGERPRINT, table.fingerprint())
-        study.set_user_attr(ATTR_CV, cv)
-        study.set_user_attr(ATTR_SPEC, spec.raw)
-        study.set_user_attr(ATTR_CLASSES, list(table.classes))
-        study.set_user_attr(ATTR_PLAN, plan.tolist())  # last: its presence marks a complete setup
+    if keys.FOLD_PLAN not in attrs:
+        study.set_user_attr(keys.DATA_FINGERPRINT, table.fingerprint())
+        study.set_user_attr(keys.CV, cv)
+        study.set_user_attr(keys.SPEC, spec.raw)
+        study.set_user_attr(keys.CLASSES, list(table.classes))
+        study.set_user_attr(keys.FOLD_PLAN, plan.tolist())  # last: its presence marks a complete setup
         return study, plan
-    if attrs.get(ATTR_FINGERPRINT) != table.fingerprint():
+    if attrs.get(keys.DATA_FINGERPRINT) != table.fingerprint():
         raise DataError(
             f"the data differs from the data study {spec.name!r} was created with (fingerprint"
-            f" {table.fingerprint()} != {attrs.get(ATTR_FINGERPRINT)}); restore that data or use a"
+            f" {table.fingerprint()} != {attrs.get(keys.DATA_FINGERPRINT)}); restore that data or use a"
             " new study name (--set name=...)"
         )
-    if attrs.get(ATTR_CV) != cv:
+    if attrs.get(keys.CV) != cv:
         raise DataError(
-            f"study {spec.name!r} was created with cv {attrs.get(ATTR_CV)}, not {cv}; restore the"
+            f"study {spec.name!r} was created with cv {attrs.get(keys.CV)}, not {cv}; restore the"
             " cv section or use a new study name (--set name=...)"
         )
-    return study, np.asarray(attrs[ATTR_PLAN], dtype=np.int64)
+    return study, np.asarray(attrs[keys.FOLD_PLAN], dtype=np.int64)

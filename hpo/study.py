@@ -15,14 +15,14 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
+from hpo import keys, settings
 from hpo.config import StudySpec
 from hpo.data import cache
 from hpo.data.folds import make_fold_plan
 from hpo.data.formats import load_table
-from hpo.data.prepare import image_sizes
 from hpo.data.table import ImageTable
-from hpo.env import env_int
 from hpo.errors import ConfigError, first_line
+from hpo.prepare import image_sizes
 from hpo.review.artifacts import artifact_location, check_artifact_store
 from hpo.review.note import ensure_note
 from hpo.space import Param, Range, candidates, check_params
@@ -44,8 +44,6 @@ log = logging.getLogger(__name__)
 # Trials that count towards the budget. A FAIL (a crash, or a worker that died) does not: it is
 # retried or replaced, so the study still ends with its full budget of results.
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
-# Study attributes: how many processes have sampled its trials; the budget it was last run to.
-ATTR_SESSIONS, ATTR_BUDGET = "sampler_sessions", "budget"
 
 
 def check_pretrained(spec: StudySpec) -> None:
@@ -135,8 +133,7 @@ def check_images(spec: StudySpec, table: ImageTable) -> None:
 
 def check_environment(spec: StudySpec) -> None:
     """The environment knobs a trial reads, checked before anything starts."""
-    env_int("HPO_LOADER_WORKERS", 0)
-    env_int("HPO_THREADS", 1)
+    settings.check()
     if spec.train.compile != "off":
         compile_backend()
     if spec.train.augment_on == "gpu" and not torch.cuda.is_available():
@@ -223,12 +220,12 @@ def fail_duplicates(handle: StudyHandle, enqueued: list[dict[str, Any]]) -> None
     with handle.lock():
         for trial in handle.study.get_trials(deepcopy=False):  # in number order: first copies first
             fixed = trial.system_attrs.get("fixed_params")
-            if fixed is None or "failed_trial" in trial.system_attrs or "requeued_from" in trial.user_attrs:
+            if fixed is None or "failed_trial" in trial.system_attrs or keys.REQUEUED_FROM in trial.user_attrs:
                 continue
             key = json.dumps(fixed, sort_keys=True)
             if key in wanted and key in seen and trial.state == TrialState.WAITING:
                 log.warning("trial %d was enqueued twice during a database restart; failing the copy", trial.number)
-                handle.storage.set_trial_user_attr(trial._trial_id, "fail_reason",
+                handle.storage.set_trial_user_attr(trial._trial_id, keys.FAIL_REASON,
                                                    "enqueued twice during a database restart")
                 handle.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             seen.add(key)
@@ -248,8 +245,8 @@ def seed_sampler(handle: StudyHandle) -> int:
     study under its lock. Without it, every process that joins or resumes a study replays the
     seeded sequence from its start, and its first trials repeat earlier ones. Returns the seed."""
     with handle.lock():
-        session = int(handle.study.user_attrs.get(ATTR_SESSIONS, 0))
-        handle.study.set_user_attr(ATTR_SESSIONS, session + 1)
+        session = int(handle.study.user_attrs.get(keys.SAMPLER_SESSIONS, 0))
+        handle.study.set_user_attr(keys.SAMPLER_SESSIONS, session + 1)
     seed = session_seed(handle.spec.sampler_seed, session)
     handle.study.sampler = handle.spec.build_sampler(seed)
     return seed
@@ -257,13 +254,13 @@ def seed_sampler(handle: StudyHandle) -> int:
 
 def record_budget(study: optuna.Study, budget: int) -> None:
     """The budget the last `hpo run` or `hpo worker` ran to (--n-trials), for `hpo status`."""
-    if study.user_attrs.get(ATTR_BUDGET) != budget:
-        study.set_user_attr(ATTR_BUDGET, budget)
+    if study.user_attrs.get(keys.BUDGET) != budget:
+        study.set_user_attr(keys.BUDGET, budget)
 
 
 def stored_budget(study: optuna.Study, spec: StudySpec) -> int:
     """The budget a study is run to: the last run's, else the study file's."""
-    return int(study.user_attrs.get(ATTR_BUDGET, spec.budget.n_trials))
+    return int(study.user_attrs.get(keys.BUDGET, spec.budget.n_trials))
 
 
 def count_states(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> dict[TrialState, int]:

@@ -35,10 +35,10 @@ def bench(monkeypatch, tmp_path, capsys):
 
 def patch_points() -> dict[str, object]:
     """What the bench scripts' experiments replace (on a GPU run, for the rest of their process)."""
-    from hpo.data import loader
+    from hpo.data import loader, prefetch
     from hpo.train import loop, optim
 
-    return {"fused": optim.fused, "wait": loader._wait, "page_lock": loader.page_lock,
+    return {"fused": optim.fused, "wait": prefetch._wait, "page_lock": loader.page_lock,
             "seed_worker": loader._seed_worker, "train": loop._Epochs.train}
 
 

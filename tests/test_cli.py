@@ -168,7 +168,7 @@ def test_data_prepare_builds_each_image_size_once(study_file, tmp_path, monkeypa
 
     from hpo.config import load_spec
     from hpo.data import cache
-    from hpo.data.prepare import prepare_cache
+    from hpo.prepare import prepare_cache
 
     sizes = "search.image_size={choices: [12, 16]}"
     env = {**os.environ, "HPO_CACHE": str(tmp_path / "cache")}

@@ -9,10 +9,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from hpo import keys
 from hpo.config import parse_spec
 from hpo.errors import ConfigError, DataError
 from hpo.run import run_study
-from hpo.storage import ATTR_FINGERPRINT, ATTR_PLAN
 from tests.conftest import tiny_study
 
 
@@ -50,10 +50,10 @@ def test_fold_plan_is_stored_and_reused(image_root, tmp_path):
     spec = parse_spec(tiny_study(image_root, tmp_path, budget__n_trials=1))
     result = run(spec, url)
     attrs = result.study.user_attrs
-    plan = np.array(attrs[ATTR_PLAN])
+    plan = np.array(attrs[keys.FOLD_PLAN])
     assert len(plan) == 120 and set(plan.tolist()) == {0, 1}
     assert attrs["spec"]["name"] == "tiny" and attrs["cv"] == {"folds": 2, "seed": 0}
-    assert len(attrs[ATTR_FINGERPRINT]) == 16
+    assert len(attrs[keys.DATA_FINGERPRINT]) == 16
 
 
 def test_changed_data_under_a_study_is_refused(image_root, tmp_path):

@@ -9,9 +9,9 @@ import time
 import optuna
 from rich.console import Console
 
+from hpo import keys
 from hpo.config import parse_spec
 from hpo.status import study_status
-from hpo.workers.loop import WORKER_ATTR_PREFIX
 from tests.conftest import tiny_study
 
 
@@ -36,7 +36,7 @@ def test_status_shows_running_trials_and_live_lost_and_finished_workers(image_ro
                                         ("gpu-box:4243", now - 75, False, 1),   # silent for > the grace period
                                         ("cpu-box:7", now - 60, True, None),
                                         ("cpu-box:8", now - 7200, True, None)]:  # old history
-        study.set_user_attr(WORKER_ATTR_PREFIX + name, {"last_seen": seen, "device": "cuda", "trial": trial,
+        study.set_user_attr(keys.WORKER_PREFIX + name, {"last_seen": seen, "device": "cuda", "trial": trial,
                                                         "finished": finished})
 
     out = render(study_status(spec, url))

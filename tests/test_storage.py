@@ -12,6 +12,7 @@ from sqlalchemy.exc import OperationalError
 import hpo.storage as storage_module
 from hpo.config import parse_spec
 from hpo.errors import StorageError
+from hpo.settings import load_env
 from hpo.storage import (
     MAX_BACKOFF_SECONDS,
     advisory_lock_key,
@@ -33,6 +34,9 @@ def test_url_precedence(image_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert resolve_url(None, spec) == f"sqlite:///{tmp_path / 'runs' / 'tiny.db'}"
     (tmp_path / ".env").write_text("HPO_STORAGE=sqlite:///from-dotenv.db\n")
+    monkeypatch.setenv("HPO_STORAGE", "")  # so that the variable load_env sets is removed after the test
+    monkeypatch.delenv("HPO_STORAGE")
+    load_env()  # as the command line does first thing
     assert resolve_url(None, spec) == "sqlite:///from-dotenv.db"
     monkeypatch.setenv("HPO_STORAGE", "sqlite:///from-env.db")
     assert resolve_url(None, spec) == "sqlite:///from-env.db"

@@ -1,4 +1,4 @@
-"""Albumentations ops and named presets, one registry entry each.
+"""Albumentations ops, one registry entry each (their strengths and the presets: hpo.data.ops).
 
 An op factory takes (magnitude in [0, 1], probability p) and returns an albumentations transform.
 Magnitude 0 is the mildest useful setting, 1 the strongest we consider sane for photos.
@@ -12,45 +12,22 @@ from collections.abc import Sequence
 
 import albumentations as A
 
-from hpo.errors import ConfigError
+from hpo.data.ops import (  # noqa: F401 - PRESETS, check_preset and preset_ops re-exported
+    PRESETS,
+    AugmentOp,
+    affine_extent,
+    blur_sigma_range,
+    brightness_contrast_limit,
+    check_preset,
+    crop_smallest_area,
+    dropout_holes,
+    hsv_limits,
+    noise_std_range,
+    preset_ops,
+)
 from hpo.registry import Registry
-from hpo.train.config import AugmentOp
 
 OPS: Registry = Registry("augmentation")
-
-
-# Each op's strength at a magnitude, shared by the albumentations op here and its batch twin in
-# hpo.data.batch_augment, so that the two cannot drift apart.
-def affine_extent(magnitude: float) -> float:
-    """Shift within ± half of it (a share of the side), scale within 1 ± it, rotation within ± 90 x it degrees."""
-    return 0.05 + 0.25 * magnitude
-
-
-def crop_smallest_area(magnitude: float) -> float:
-    return 1 - 0.6 * magnitude
-
-
-def brightness_contrast_limit(magnitude: float) -> float:
-    return 0.05 + 0.35 * magnitude
-
-
-def hsv_limits(magnitude: float) -> tuple[float, float, float]:
-    """Hue (OpenCV's units: 180 a turn), saturation and value (of 255) shifts, each within ± it."""
-    return 5 + 25 * magnitude, 5 + 35 * magnitude, 5 + 25 * magnitude
-
-
-def blur_sigma_range(magnitude: float) -> tuple[float, float]:
-    return 0.1, 0.5 + 2.0 * magnitude
-
-
-def noise_std_range(magnitude: float) -> tuple[float, float]:
-    """The noise's standard deviation, a share of the full scale."""
-    return 0.01, 0.02 + 0.15 * magnitude
-
-
-def dropout_holes(magnitude: float) -> tuple[float, int]:
-    """The largest hole's side (a share of the image's; the smallest is half of it), and the most holes."""
-    return 0.05 + 0.25 * magnitude, 1 + round(4 * magnitude)
 
 
 @OPS.register("hflip")
@@ -111,40 +88,6 @@ def coarse_dropout(magnitude: float, p: float) -> A.BasicTransform:
 @OPS.register("clahe")
 def clahe(magnitude: float, p: float) -> A.BasicTransform:
     return A.CLAHE(clip_limit=(1.0, 1.0 + 5.0 * magnitude), p=p)
-
-
-# Presets: op -> (magnitude, p). Explicit ops in the study file add to or override these.
-PRESETS: dict[str, dict[str, tuple[float, float]]] = {
-    "none": {},
-    "light": {"hflip": (0.0, 0.5), "shift_scale_rotate": (0.2, 0.5), "brightness_contrast": (0.2, 0.5)},
-    "medium": {
-        "hflip": (0.0, 0.5),
-        "shift_scale_rotate": (0.4, 0.6),
-        "brightness_contrast": (0.4, 0.5),
-        "hue_saturation": (0.3, 0.3),
-        "coarse_dropout": (0.3, 0.3),
-    },
-    "heavy": {
-        "hflip": (0.0, 0.5),
-        "random_resized_crop": (0.5, 0.5),
-        "shift_scale_rotate": (0.6, 0.7),
-        "brightness_contrast": (0.6, 0.6),
-        "hue_saturation": (0.5, 0.5),
-        "blur": (0.5, 0.2),
-        "noise": (0.5, 0.2),
-        "coarse_dropout": (0.6, 0.5),
-        "clahe": (0.5, 0.2),
-    },
-}
-
-
-def check_preset(name: object, key: str) -> None:
-    if name not in PRESETS:
-        raise ConfigError(f"{key}: unknown augmentation preset {name!r}; use one of: {', '.join(PRESETS)}")
-
-
-def preset_ops(name: str) -> dict[str, tuple[float, float]]:
-    return dict(PRESETS[name])
 
 
 def build_pipeline(ops: Sequence[AugmentOp], image_size: int, seed: int = 0) -> A.Compose | None:

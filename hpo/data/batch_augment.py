@@ -9,7 +9,7 @@ albumentations: on the CPU these float ops cost 1-10 ms per image, albumentation
 0.01-0.7 ms.
 
 Each entry mirrors its albumentations twin in ``hpo.data.augment``: the same strength at a
-magnitude (the functions there, e.g. ``affine_extent``), the same probability, drawn per image
+magnitude (the functions of ``hpo.data.ops``, e.g. ``affine_extent``), the same probability, drawn per image
 from the trial's seeded streams.
 """
 
@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hpo.data.augment import (
+from hpo.data.ops import (
+    AugmentOp,
     affine_extent,
     blur_sigma_range,
     brightness_contrast_limit,
@@ -33,7 +34,6 @@ from hpo.data.augment import (
     noise_std_range,
 )
 from hpo.registry import Registry
-from hpo.train.config import AugmentOp
 
 STREAM = 0xB0A7  # tells the batch ops' streams apart from the trial's others
 

@@ -32,24 +32,21 @@ from filelock import FileLock
 
 from hpo.data.table import ImageTable, resize_image
 from hpo.errors import DataError
+from hpo.settings import CACHE as ENV_CACHE
+from hpo.settings import settings
+from hpo.system import available_cpus
 
 log = logging.getLogger(__name__)
-ENV_CACHE = "HPO_CACHE"
-DEFAULT_ROOT = "~/.cache/hpo"
 # Bump when resize_image (or anything else that shapes the cached pixels) changes.
 # 2: 16-bit, 32-bit and floating-point grey images scaled to 8 bits, not clipped (formats.to_rgb8).
 PREPROCESS_VERSION = 2
-_OFF = {"off", "none", "0", "false", "no"}
 
 _opened: dict[str, np.ndarray] = {}  # this process's open arrays, by cache key
 
 
 def cache_root() -> Path | None:
     """The cache folder (``$HPO_CACHE``, default ``~/.cache/hpo``), or None when set to off."""
-    value = os.environ.get(ENV_CACHE, "").strip()
-    if value.lower() in _OFF:
-        return None
-    return Path(value or DEFAULT_ROOT).expanduser()
+    return settings().cache
 
 
 def check_cache_root() -> None:
@@ -67,13 +64,6 @@ def _fix(error: OSError) -> str:
     if error.errno in (errno.ENOTDIR, errno.EEXIST):
         return f"a file stands where a folder of the cache should be; point {ENV_CACHE} at a folder"
     return f"set {ENV_CACHE} to a writable folder, or {ENV_CACHE}=off to decode in memory"
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def cache_key(table: ImageTable, size: int, crop: tuple[int, int] | None) -> str:

@@ -22,6 +22,7 @@ from sklearn.metrics import confusion_matrix
 
 from hpo.config import StudySpec
 from hpo.errors import ConfigError
+from hpo.settings import settings
 from hpo.train.loop import FoldResult
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ ENV_ARTIFACTS = "HPO_ARTIFACTS"
 
 
 def artifact_location(spec: StudySpec) -> str:
-    return os.environ.get(ENV_ARTIFACTS) or spec.artifacts or str(spec.outputs / "artifacts")
+    return settings().artifacts or spec.artifacts or str(spec.outputs / "artifacts")
 
 
 def check_artifact_store(location: str) -> None:

@@ -24,13 +24,14 @@ from matplotlib.figure import Figure
 from PIL import Image
 from rich.table import Table
 
-from hpo.data.cache import available_cpus, image_progress
+from hpo.data.cache import image_progress
 from hpo.data.folds import make_fold_plan
 from hpo.data.formats import FORMATS, load_table
-from hpo.data.mask import OLD_FROM, YOUNG_BELOW
+from hpo.data.formats.mask import OLD_FROM, YOUNG_BELOW
 from hpo.data.table import CORRUPT, ImageTable
 from hpo.files import write_whole
 from hpo.space import candidates
+from hpo.system import available_cpus
 from hpo.train.losses import CLASS_WEIGHTS
 
 if TYPE_CHECKING:

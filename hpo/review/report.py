@@ -17,6 +17,7 @@ import optuna.visualization as vis
 import plotly.graph_objects as go
 from optuna.trial import TrialState
 
+from hpo import keys
 from hpo.files import write_whole
 from hpo.study import COUNTED, best_value, count_states
 
@@ -34,7 +35,7 @@ PLOTS: dict[str, Callable[[optuna.Study], go.Figure]] = {
 
 
 def confusion_figure(trial: optuna.trial.FrozenTrial, classes: list[str] | None) -> go.Figure:
-    matrix = trial.user_attrs["confusion_matrix"]
+    matrix = trial.user_attrs[keys.CONFUSION_MATRIX]
     classes = classes or [str(i) for i in range(len(matrix))]  # studies from before classes were stored
     figure = go.Figure(go.Heatmap(z=matrix, x=classes, y=classes, colorscale="Blues", text=matrix,
                                   texttemplate="%{text}", hovertemplate="true %{y}<br>predicted %{x}<br>%{z}<extra></extra>"))
@@ -55,7 +56,7 @@ def report_html(study: optuna.Study, classes: list[str] | None) -> str:
     summary = ", ".join(f"{s.name.lower()} {n}" for s, n in counts.items() if n)
     sections, first = [], True
     figures = dict(PLOTS)
-    if best is not None and "confusion_matrix" in study.best_trial.user_attrs:
+    if best is not None and keys.CONFUSION_MATRIX in study.best_trial.user_attrs:
         figures["Best trial: confusion matrix"] = lambda s: confusion_figure(s.best_trial, classes)
     finished = sum(counts[s] for s in COUNTED)
     for title, plot in figures.items():

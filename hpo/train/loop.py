@@ -4,7 +4,6 @@ per-epoch results go to a callback, which may raise to stop the run (the pruner 
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -18,8 +17,10 @@ from torch import nn
 
 from hpo.data.augment import build_pipeline
 from hpo.data.batch_augment import BatchAugment, split_ops
-from hpo.data.loader import on_device, side_stream, to_input, train_loader
+from hpo.data.loader import train_loader
+from hpo.data.prefetch import on_device, side_stream, to_input
 from hpo.errors import ConfigError, TrainingDiverged
+from hpo.settings import settings
 from hpo.train.config import TrainConfig
 from hpo.train.losses import build_criterion
 from hpo.train.models import build_freeze, create_model, to_device
@@ -166,7 +167,7 @@ class Stepper:
 
 
 def compile_backend() -> str:
-    backend = os.environ.get("HPO_COMPILE_BACKEND") or "inductor"
+    backend = settings().compile_backend
     if backend not in torch._dynamo.list_backends(exclude_tags=()):
         raise ConfigError(f"HPO_COMPILE_BACKEND={backend!r}: not a torch.compile backend; use one of"
                           f" {', '.join(torch._dynamo.list_backends())}, or unset it")

@@ -28,24 +28,25 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.errors import EXIT_DEVICE, EXIT_DONE, EXIT_INPUT, EXIT_STOPPED, HpoError  # noqa: F401 - re-exported
-from hpo.objective import EpochEvent, Objective, pick_device, release_device_memory
+from hpo import keys
+from hpo.errors import (  # noqa: F401 - re-exported
+    EXIT_DEVICE,
+    EXIT_DONE,
+    EXIT_INPUT,
+    EXIT_STOPPED,
+    DeviceError,
+    HpoError,
+    WorkerStopping,
+)
+from hpo.objective import EpochEvent, Objective
+from hpo.settings import settings
 from hpo.study import COUNTED, StudyHandle, count_states, record_budget, seed_sampler
+from hpo.system import pick_device, release_device_memory
 from hpo.workers.heartbeat import heartbeat, sweeper
 
 log = logging.getLogger(__name__)
 
-WORKER_ATTR_PREFIX = "worker:"
 MAX_FAILURES_IN_A_ROW = 5
-
-
-class WorkerStopping(BaseException):
-    """SIGTERM: the running trial is failed and re-enqueued, then the worker exits."""
-
-
-class DeviceError(Exception):
-    """A CUDA error other than out-of-memory: the device may be unusable; the process exits
-    so that its supervisor starts a fresh one."""
 
 
 def worker_name() -> str:
@@ -59,8 +60,6 @@ def is_device_failure(error: BaseException) -> bool:
     )
 
 
-# Set by `hpo run` for the worker processes it starts: its own process id.
-ENV_SUPERVISOR = "HPO_SUPERVISOR_PID"
 _stop_requested: type[BaseException] | None = None  # what a SIGTERM asked to raise (see stop_if_requested)
 
 
@@ -105,15 +104,15 @@ def stop_when_orphaned(interval: float = 1.0) -> Iterator[None]:
     (the running trial failed and re-enqueued) once that process is gone, killed with no chance
     to stop its workers (kill -9, an OOM kill). The worker is then re-parented, so its parent
     process id changes. A worker started by hand has no supervisor and is left alone."""
-    supervisor = os.environ.get(ENV_SUPERVISOR, "").strip()
-    if not supervisor.isdigit():
+    supervisor = settings().supervisor_pid
+    if supervisor is None:
         yield
         return
     done = threading.Event()
 
     def watch() -> None:
         while not done.wait(interval):
-            if os.getppid() != int(supervisor):
+            if os.getppid() != supervisor:
                 log.warning("the hpo run that started this worker (pid %s) is gone: stopping", supervisor)
                 os.kill(os.getpid(), signal.SIGTERM)  # the SIGTERM path: the trial goes back to the queue
                 return
@@ -176,11 +175,11 @@ class Worker:
         numbers = {t.number for t in running}
         if not numbers or numbers == said:
             return numbers
-        seen = {key.removeprefix(WORKER_ATTR_PREFIX): info.get("last_seen", 0.0)
-                for key, info in study.user_attrs.items() if key.startswith(WORKER_ATTR_PREFIX)}
+        seen = {key.removeprefix(keys.WORKER_PREFIX): info.get("last_seen", 0.0)
+                for key, info in study.user_attrs.items() if key.startswith(keys.WORKER_PREFIX)}
         now, parts = time.time(), []
         for trial in sorted(running, key=lambda t: t.number):
-            owner = trial.user_attrs.get("worker", "?")
+            owner = trial.user_attrs.get(keys.WORKER, "?")
             last = seen.get(owner)
             heard = f"last heard {now - last:.0f} s ago" if last else "never heard from"
             parts.append(f"trial {trial.number} ({owner}, {heard})")
@@ -232,7 +231,7 @@ class Worker:
             # Beating before the worker's own writes, which may wait for the database.
             with heartbeat(storage, trial._trial_id, self.handle.spec.workers.heartbeat_interval):
                 self._register()
-                trial.set_user_attr("worker", self.name)
+                trial.set_user_attr(keys.WORKER, self.name)
                 try:
                     if self.on_trial_start is not None:
                         self.on_trial_start(trial.number)
@@ -241,7 +240,7 @@ class Worker:
                     state = TrialState.PRUNED
                 except (WorkerStopping, KeyboardInterrupt):
                     self._finish(trial, None, TrialState.FAIL, "worker stopped")
-                    study.enqueue_trial(trial.params, user_attrs={"requeued_from": trial.number})
+                    study.enqueue_trial(trial.params, user_attrs={keys.REQUEUED_FROM: trial.number})
                     raise
                 except HpoError as e:
                     self._finish(trial, None, TrialState.FAIL, str(e))
@@ -267,7 +266,7 @@ class Worker:
     def _finish(self, trial: optuna.Trial, value: float | None, state: TrialState, reason: str = "") -> None:
         if reason:
             try:
-                trial.set_user_attr("fail_reason", reason)
+                trial.set_user_attr(keys.FAIL_REASON, reason)
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # already failed by the sweeper: reported below
         frozen = self.handle.study.tell(trial, value, state=state, skip_if_finished=True)
@@ -283,7 +282,7 @@ class Worker:
     def _register(self, finished: bool = False) -> None:
         """Announce this worker in the study (for `hpo status`): last seen, device, trial."""
         self.handle.study.set_user_attr(
-            WORKER_ATTR_PREFIX + self.name,
+            keys.WORKER_PREFIX + self.name,
             {"last_seen": time.time(), "device": str(self.device), "trial": self.current,
-             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "finished": finished},
+             "cuda_visible_devices": settings().cuda_visible_devices, "finished": finished},
         )

@@ -18,12 +18,14 @@ import torch
 from optuna.trial import TrialState
 from rich.console import Console
 
+from hpo import keys, settings
 from hpo.errors import EXIT_DONE, EXIT_INPUT, ConfigError, HpoError, first_line
 from hpo.progress import RunDisplay
-from hpo.storage import ENV_STORAGE, STORAGE_FAILURES, is_sqlite
+from hpo.settings import child_environment
+from hpo.storage import STORAGE_FAILURES, is_sqlite
 from hpo.study import StudyHandle
 from hpo.workers.heartbeat import sweeper
-from hpo.workers.loop import ENV_SUPERVISOR, sigterm_raises, stop_if_requested
+from hpo.workers.loop import sigterm_raises, stop_if_requested
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +115,11 @@ class Pool:
                    "--n-trials", str(self.budget)]
         command += [arg for o in self.overrides for arg in ("--set", o)]
         command += ["--timeout", f"{remaining:.0f}"] if remaining is not None else []
-        env = {**os.environ, ENV_STORAGE: self.handle.url,  # in the environment, not argv: ps shows argv
-               "HPO_THREADS": str(slot.threads), "OMP_NUM_THREADS": str(slot.threads),
-               ENV_SUPERVISOR: str(os.getpid())}  # the worker stops if this process dies
-        if slot.gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = slot.gpu
+        env = child_environment(**{
+            settings.STORAGE: self.handle.url,  # in the environment, not argv: ps shows argv
+            settings.THREADS: str(slot.threads), "OMP_NUM_THREADS": str(slot.threads),
+            settings.SUPERVISOR: str(os.getpid()),  # the worker stops if this process dies
+            **({settings.CUDA_DEVICES: slot.gpu} if slot.gpu is not None else {})})
         log = self.logs / f"worker-{slot.index}.log"
         with log.open("a") as handle:
             popen = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT,
@@ -168,9 +170,9 @@ def requeue_running(handle: StudyHandle, pids: set[int]) -> None:
     study = handle.study
     names = {f"{socket.gethostname()}:{pid}" for pid in pids}  # as workers name themselves
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial.user_attrs.get("worker") in names:
+        if trial.user_attrs.get(keys.WORKER) in names:
             study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-            study.enqueue_trial(trial.params, user_attrs={"requeued_from": trial.number})
+            study.enqueue_trial(trial.params, user_attrs={keys.REQUEUED_FROM: trial.number})
 
 
 def _quietly(refresh: Callable[[], None]) -> None:

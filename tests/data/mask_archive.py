@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from hpo.data.mask import PHOTOS
+from hpo.data.formats.mask import PHOTOS
 
 HAIR = {0: (25, 20, 15), 1: (130, 85, 40), 2: (235, 235, 235)}  # by age class
 EXTENSIONS = (".jpg", ".jpeg", ".png")

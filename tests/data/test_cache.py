@@ -162,7 +162,7 @@ def test_concurrent_processes_build_once(fresh_cache, image_root):
 
 
 def test_mask_verification_is_remembered(fresh_cache, mask_archive, monkeypatch):
-    from hpo.data import mask
+    from hpo.data.formats import mask
 
     checked = []
     original = mask._is_corrupt

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hpo.data import loader as loader_module
+from hpo.data import ring as ring_module
 from hpo.data.augment import build_pipeline
 from hpo.data.loader import loader_workers, train_loader
 from hpo.errors import DataError
@@ -103,7 +104,7 @@ def test_ring_fits_the_shared_memory_or_says_how_to_get_more(images, monkeypatch
     def loader_with_free_slots(slots: int, pipeline=None):
         # Half the free space is used; the batch in hand and those being copied take their slots.
         free = 2 * (slots + 1 + loader_module.COPIES_IN_FLIGHT) * slot
-        monkeypatch.setattr(loader_module, "shared_memory_free", lambda: free)
+        monkeypatch.setattr(ring_module, "shared_memory_free", lambda: free)
         return train_loader(images, np.arange(60), np.arange(60), pipeline, 12, 0, CPU)
 
     loader = loader_with_free_slots(2 * 2)

@@ -11,7 +11,7 @@ import torch
 
 from hpo.data.folds import make_fold_plan
 from hpo.data.formats import load_table
-from hpo.data.mask import CLASSES, FACTORS, encode
+from hpo.data.formats.mask import CLASSES, FACTORS, encode
 from hpo.errors import ConfigError, DataError
 from hpo.train.losses import FactorizedLoss, build_criterion
 from hpo.train.models import FactorizedModel, create_model

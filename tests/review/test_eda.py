@@ -20,7 +20,7 @@ from hpo.cli import app
 from hpo.config import load_spec, parse_spec
 from hpo.data.folds import make_fold_plan
 from hpo.data.formats import load_table, read_rgb
-from hpo.data.mask import CLASSES as MASK_CLASSES
+from hpo.data.formats.mask import CLASSES as MASK_CLASSES
 from hpo.review.eda import describe_data, sample_indices
 from tests.conftest import CLASSES, tiny_mask_study, tiny_study, write_study
 

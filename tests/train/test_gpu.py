@@ -159,7 +159,7 @@ def test_batches_go_to_the_gpu_straight_from_the_page_locked_ring(monkeypatch):
 def test_a_ring_cuda_refuses_to_page_lock_is_copied_and_cuda_goes_on(monkeypatch, caplog):
     """A refused cudaHostRegister leaves its error in the CUDA runtime, where torch's check after
     the next kernel launch would find it: page_lock takes it off, warns, and the ring is copied."""
-    from hpo.data import loader as loader_module
+    from hpo.data import ring as loader_module
 
     monkeypatch.setattr(loader_module, "_refused_warned", False)
     ring = torch.empty(8, 4096, dtype=torch.uint8).share_memory_()

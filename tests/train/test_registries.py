@@ -9,7 +9,7 @@ import timm
 import torch
 
 from hpo.data.augment import OPS, PRESETS, build_pipeline
-from hpo.data.loader import SAMPLING
+from hpo.data.sampling import SAMPLING
 from hpo.train.config import AugmentOp, Component
 from hpo.train.loop import fit_fold
 from hpo.train.losses import CLASS_WEIGHTS, LOSSES, build_loss

@@ -22,10 +22,12 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from hpo.data.cache import available_cpus, remembered
-from hpo.data.formats import FORMATS, IMAGE_EXTENSIONS, _existing_dir, read_rgb
+from hpo.data.cache import remembered
+from hpo.data.formats.registry import FORMATS, existing_dir
+from hpo.data.images import IMAGE_EXTENSIONS, read_rgb
 from hpo.data.table import CORRUPT, ImageTable
 from hpo.errors import ConfigError, DataError
+from hpo.system import available_cpus
 
 PHOTOS = {"mask1": 0, "mask2": 0, "mask3": 0, "mask4": 0, "mask5": 0, "incorrect_mask": 1, "normal": 2}
 MASK_NAMES, GENDER_NAMES, AGE_NAMES = ("wear", "incorrect", "not_worn"), ("male", "female"), ("<30", "30-59", ">=60")
@@ -176,7 +178,7 @@ def mask(*, root: str | None = None, corrupt: str = "fail", relabel: str | list 
     default) or skip unreadable photos; ``relabel``: corrections for known mislabeled people."""
     if corrupt not in ("fail", "skip"):
         raise ConfigError(f"data.corrupt: {corrupt!r}; use fail or skip")
-    base = _existing_dir(root) / "train"
+    base = existing_dir(root) / "train"
     skipped: Counter[str] = Counter()
     people: dict[str, Person] = {}
     for row in _read_people(base / "train.csv"):

@@ -1,12 +1,12 @@
-"""Environment knobs: HPO_THREADS caps torch's CPU threads."""
+"""The machine: HPO_THREADS caps torch's CPU threads."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from hpo.env import limit_threads
 from hpo.errors import ConfigError
+from hpo.system import limit_threads
 
 
 @pytest.fixture
