@@ -2,6 +2,7 @@
 
     python bench/layers.py            # figures, and each upward import
     python bench/layers.py --quiet    # figures only
+    git worktree add /tmp/before d1faaa5 && python bench/layers.py --root /tmp/before   # another commit
 
 Every ``import`` counts, also one inside a function (a lazy import is still a dependency) or
 under ``TYPE_CHECKING``. A module belongs to the first layer (bottom up) one of whose names it is
@@ -124,7 +125,10 @@ def sizes() -> list[tuple[int, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--root", type=Path, help="a checkout to measure (default: this one)")
     args = parser.parse_args()
+    global PACKAGE
+    PACKAGE = (args.root / "hpo").resolve() if args.root else PACKAGE
     edges = graph()
     up, loops, lines = upward(edges), cycles(edges), sizes()
     print(f"modules: {len(edges)}; imports inside the package: {sum(map(len, edges.values()))}")

@@ -33,11 +33,13 @@ from torchvision import transforms
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_photos  # noqa: E402
 
-from hpo.config import parse_spec  # noqa: E402
+from hpo.config import (
+    parse_spec,  # noqa: E402
+    trial_config,  # noqa: E402
+)
 from hpo.data import cache  # noqa: E402
 from hpo.data.folds import iter_folds, make_fold_plan  # noqa: E402
 from hpo.data.formats import load_table  # noqa: E402
-from hpo.space import trial_config  # noqa: E402
 from hpo.system import pick_device  # noqa: E402
 from hpo.train.losses import build_criterion  # noqa: E402
 from hpo.train.models import build_freeze, create_model, to_device  # noqa: E402

@@ -13,10 +13,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from hpo.config import StudySpec, load_spec
+    from hpo.config import StudySpec, load_spec, trial_config
     from hpo.errors import ConfigError, DataError, HpoError, StorageError
     from hpo.run import RunResult, run_study
-    from hpo.space import trial_config
     from hpo.train.config import TrainConfig
 
 __all__ = ["ConfigError", "DataError", "HpoError", "RunResult", "StorageError", "StudySpec", "TrainConfig",
@@ -24,10 +23,9 @@ __all__ = ["ConfigError", "DataError", "HpoError", "RunResult", "StorageError", 
 # Each name imported from its module on first use (PEP 562): `hpo --help` then answers without
 # importing torch, timm and albumentations, which take seconds.
 _HOMES = {
-    "StudySpec": "hpo.config", "load_spec": "hpo.config",
+    "StudySpec": "hpo.config", "load_spec": "hpo.config", "trial_config": "hpo.config",
     "ConfigError": "hpo.errors", "DataError": "hpo.errors", "HpoError": "hpo.errors", "StorageError": "hpo.errors",
     "RunResult": "hpo.run", "run_study": "hpo.run",
-    "trial_config": "hpo.space",
     "TrainConfig": "hpo.train.config",
 }
 

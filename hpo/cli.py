@@ -138,15 +138,16 @@ def run(
 ) -> None:
     """Run (or resume) a study until its total trial budget is reached."""
     from hpo.config import find_study_file, load_spec
+    from hpo.workers.stopping import raise_on_sigterm
+
+    raise_on_sigterm()
+    overrides = _overrides(set_, tensorboard)
+    spec = load_spec(study, overrides)  # the study file's shape is checked before torch loads
     from hpo.progress import summary_table
     from hpo.run import run_study
     from hpo.system import limit_threads
-    from hpo.workers.loop import raise_on_sigterm
 
-    raise_on_sigterm()
     limit_threads()
-    overrides = _overrides(set_, tensorboard)
-    spec = load_spec(study, overrides)
     gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
     result = run_study(
         spec, storage, n_trials, _seconds(timeout), console, live=live and console.is_terminal,
@@ -169,14 +170,15 @@ def worker(
     """Join a study as one worker (from any machine) and run trials until its budget is reached.
 
     Without the study file here, the spec stored with the study is used."""
-    from hpo.run import run_worker
-    from hpo.system import limit_threads
-    from hpo.workers.loop import raise_on_sigterm
+    from hpo.workers.stopping import raise_on_sigterm
 
     raise_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    limit_threads()
     spec = _spec(study, _overrides(set_, tensorboard), storage)
+    from hpo.run import run_worker
+    from hpo.system import limit_threads
+
+    limit_threads()
     done = run_worker(spec, storage, n_trials, _seconds(timeout), console)
     console.print(f"budget reached; this worker ran {done} trials")
 
@@ -185,9 +187,9 @@ def worker(
 @user_errors
 def status(study: StudyOpt, storage: StorageOpt = None, set_: SetOpt = None) -> None:
     """Trials by state, the best so far, running trials and live workers."""
+    spec = _spec(study, set_ or [], storage)
     from hpo.status import study_status
 
-    spec = _spec(study, set_ or [], storage)
     Console(width=None if sys.stdout.isatty() else 120).print(*study_status(spec, storage))
 
 
@@ -350,9 +352,10 @@ def report(
 def validate(study: StudyOpt, set_: SetOpt = None) -> None:
     """Check a study file and its data without touching any storage."""
     from hpo.config import load_spec
-    from hpo.study import prepare
 
     spec = load_spec(study, set_ or [])
+    from hpo.study import prepare
+
     table, plan = prepare(spec)
     sizes = [int((plan == f).sum()) for f in range(spec.cv.folds)]
     console.print(f"{spec.name}: valid; {len(table)} images, {table.num_classes} classes, fold sizes {sizes}")

@@ -1,6 +1,10 @@
-"""The study file: read once, validated once, into a frozen :class:`StudySpec`.
+"""The study file: read once, validated once, into a frozen :class:`StudySpec`; and the one
+function that turns a trial into a training config (:func:`trial_config`).
 
 This is the only module that reads YAML. Every error is a :class:`ConfigError` naming the key.
+Validation runs in two passes: the file's shape (keys, types, ranges) first, with nothing heavier
+than pydantic imported, so that a typo is reported at once; then every name against its registry
+(data formats, backbones, losses...), which imports them.
 """
 
 from __future__ import annotations
@@ -9,9 +13,11 @@ import copy
 import re
 import warnings
 from collections.abc import Callable, Sequence
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Literal
 
+import optuna
 import yaml
 from optuna.exceptions import ExperimentalWarning
 from pydantic import (
@@ -20,15 +26,15 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from hpo.data.formats import FORMATS
 from hpo.errors import ConfigError, HpoError, did_you_mean
-from hpo.space import SearchSpace, check_params, parse_search
+from hpo.space import SearchSpace, check_params, parse_search, sample
 from hpo.strategy import PRUNERS, SAMPLERS, check_folds_for_pruner, max_report_steps
-from hpo.train.config import AUGMENT_ON
+from hpo.train.config import AUGMENT_ON, TrainConfig, knobs
 
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 NORMALIZATIONS = {
@@ -132,9 +138,13 @@ class DataSpec(BaseModel):
         return self._stats()[1]  # type: ignore[return-value]
 
     @model_validator(mode="after")
-    def _check(self) -> DataSpec:
+    def _check(self, info: ValidationInfo) -> DataSpec:
         if self.crop is not None and min(self.crop) < 1:
             raise ValueError("crop: give [height, width] in pixels, both positive")
+        if shape_only(info):
+            return self
+        from hpo.data.formats import FORMATS
+
         FORMATS.get(self.format, "data.format")
         known = FORMATS.arguments(self.format)
         unknown = set(self.options) - set(known)
@@ -231,12 +241,12 @@ class StudySpec(_Model):
 
     @field_validator("search", mode="before")
     @classmethod
-    def _search(cls, value: Any) -> SearchSpace:
+    def _search(cls, value: Any, info: ValidationInfo) -> SearchSpace:
         if isinstance(value, SearchSpace):
             return value
         if not isinstance(value, dict):
             raise ConfigError("search: expected a mapping of parameters")
-        return parse_search(value)
+        return parse_search(value, names=not shape_only(info))
 
     @model_validator(mode="after")
     def _seed_trials(self) -> StudySpec:
@@ -245,7 +255,9 @@ class StudySpec(_Model):
         return self
 
     @model_validator(mode="after")
-    def _strategies(self) -> StudySpec:
+    def _strategies(self, info: ValidationInfo) -> StudySpec:
+        if shape_only(info):
+            return self
         SAMPLERS.get(self.sampler.type, "sampler.type")
         PRUNERS.get(self.pruner.type, "pruner.type")
         self.build_sampler()
@@ -272,6 +284,32 @@ class StudySpec(_Model):
 
     def build_pruner(self):
         return _construct("pruner", PRUNERS.get(self.pruner.type), self.max_report_steps, self.pruner.args)
+
+
+def shape_only(info: ValidationInfo) -> bool:
+    """The first pass of validation: the file's shape only, no registry imported."""
+    return bool(info.context and info.context.get("shape_only"))
+
+
+def trial_config(trial: optuna.Trial, spec: StudySpec) -> TrainConfig:
+    """The one function that turns a trial's parameters into a training config.
+
+    Pass ``optuna.trial.FixedTrial(params)`` to rebuild the config of a stored trial (as
+    ``hpo export`` does). The searched fields come from the trial, the others from the study file.
+    """
+    defaults = {f.metadata["knob"].default_from: attrgetter(f.metadata["knob"].default_from)(spec)
+                for f in knobs() if f.metadata["knob"].default_from}
+    return TrainConfig(
+        **sample(trial, spec.search, defaults),
+        max_epochs=spec.budget.max_epochs,
+        patience=spec.budget.patience,
+        seed=spec.seed,
+        crop=tuple(spec.data.crop) if spec.data.crop else None,
+        compile=spec.train.compile,
+        augment_on=spec.train.augment_on,
+        mean=spec.data.mean,
+        std=spec.data.std,
+    )
 
 
 def _construct(key: str, factory: Any, first: Any, args: dict[str, Any]) -> Any:
@@ -324,8 +362,15 @@ def parse_spec(raw: Any, source: str = "study file", overrides: Sequence[str] = 
     raw = copy.deepcopy(raw)
     for assignment in overrides:
         apply_override(raw, assignment)
+    _validate(raw, source, shape_only=True)  # the file's shape: a typo is reported before torch loads
+    spec = _validate(raw, source, shape_only=False)
+    spec._raw = raw
+    return spec
+
+
+def _validate(raw: dict[str, Any], source: str, shape_only: bool) -> StudySpec:
     try:
-        spec = StudySpec.model_validate(raw)
+        return StudySpec.model_validate(raw, context={"shape_only": shape_only})
     except ValidationError as e:
         errors = e.errors()
         # An unknown key first: a typo (serach:) also leaves its key missing, and the typo is the news.
@@ -340,8 +385,6 @@ def parse_spec(raw: Any, source: str = "study file", overrides: Sequence[str] = 
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
         prefix = f"{location}: " if location else ""
         raise ConfigError(f"{source}: {prefix}{message}{more}") from None
-    spec._raw = raw
-    return spec
 
 
 def _known_keys(location: tuple[Any, ...]) -> list[str]:

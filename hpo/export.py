@@ -2,7 +2,7 @@
 
 The file holds the study file the study was created with (data, cv, normalization), the data's
 fingerprint and the fold plan's digest, and per exported trial: its parameters, the typed training
-config rebuilt from them by :func:`hpo.space.trial_config` (the function trials use), and the
+config rebuilt from them by :func:`hpo.config.trial_config` (the function trials use), and the
 F1 it measured (mean, std, per fold, best epochs).
 """
 
@@ -18,11 +18,10 @@ import yaml
 from optuna.trial import FixedTrial, FrozenTrial, TrialState
 
 from hpo import keys
-from hpo.config import StudySpec, parse_spec, read_yaml
+from hpo.config import StudySpec, parse_spec, read_yaml, trial_config
 from hpo.data.folds import plan_digest
 from hpo.errors import ConfigError
 from hpo.files import write_whole
-from hpo.space import trial_config
 from hpo.train.config import TrainConfig
 
 FORMAT_VERSION = 1

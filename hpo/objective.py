@@ -17,14 +17,13 @@ import optuna
 import torch
 
 from hpo import keys
-from hpo.config import StudySpec
+from hpo.config import StudySpec, trial_config
 from hpo.data.cache import decoded
 from hpo.data.folds import iter_folds
 from hpo.data.table import ImageTable
 from hpo.errors import TrainingDiverged
 from hpo.review.artifacts import TrialReview, artifact_location, open_artifact_store, upload_review
 from hpo.review.note import save_trial_note
-from hpo.space import trial_config
 from hpo.strategy import report_step, reports_per_fold
 from hpo.system import pick_device, release_device_memory
 from hpo.tracking import build_trackers

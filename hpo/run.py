@@ -15,8 +15,8 @@ from hpo.storage import redact, resolve_url
 from hpo.study import COUNTED, connect, count_states, record_budget, trials_done
 from hpo.system import pick_device
 from hpo.workers import Pool, Worker, plan_slots
-from hpo.workers.loop import stop_when_orphaned
 from hpo.workers.pool import check_pool_storage
+from hpo.workers.stopping import stop_when_orphaned
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The search space: parsed from the study file's ``search`` section, sampled by a trial.
+"""The search space: the study file's ``search`` section, parsed into typed parameters, and
+sampled by a trial.
 
 Each entry is a fixed value or a distribution::
 
@@ -13,27 +14,26 @@ only when the entry is chosen, so they are conditional parameters::
     optimizer: {name: sgd, momentum: 0.9}           # one entry, fixed arguments
     scheduler: cosine                               # one entry, default arguments
 
+What the section may hold is derived from :class:`~hpo.train.config.TrainConfig`: every field
+declared with ``knob`` is a key, with its default, its accepted values and its registry. Parsing
+runs twice: first the section's shape (keys, ranges, types) without importing any registry, so
+a typo is reported at once; then every name against its registry (backbones, losses...).
+
 Parameter names in Optuna: ``loss``, ``loss.focal.gamma``, ``augment.blur.enabled`` ...
-:func:`trial_config` turns a trial (or stored parameters, through ``optuna.trial.FixedTrial``)
-into the typed :class:`~hpo.train.config.TrainConfig`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import importlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
-from hpo.data.augment import OPS, check_preset, preset_ops
-from hpo.data.loader import SAMPLING
+from hpo.data.ops import AugmentOp, check_preset, preset_ops
 from hpo.errors import ConfigError, did_you_mean
-from hpo.registry import Registry
-from hpo.train.config import AugmentOp, Component, TrainConfig
-from hpo.train.losses import CLASS_WEIGHTS, LOSSES
-from hpo.train.models import FREEZE, HEADS, check_backbone
-from hpo.train.optim import OPTIMIZERS, SCHEDULERS
+from hpo.train.config import Component, Knob, knobs, number
 
 Scalar = None | bool | int | float | str
 
@@ -75,34 +75,32 @@ class OpSpace:
 
 
 @dataclass(frozen=True)
+class AugmentSpace:
+    preset: Param
+    ops: Mapping[str, OpSpace]
+
+
+@dataclass(frozen=True)
 class SearchSpace:
-    backbone: Param
-    pretrained: Param
-    freeze: Choice
-    optimizer: Choice
-    lr: Param
-    weight_decay: Param
-    scheduler: Choice
-    loss: Choice
-    class_weights: Param
-    batch_size: Param
-    image_size: Param | None
-    augment_preset: Param
-    augment_ops: Mapping[str, OpSpace]
-    mixup: Param
-    cutmix: Param
-    head: Param
-    sampling: Param
-    labels: Mapping[str, Param]  # training-label options of the data format (mask: age_boundary)
-    accumulate: Param = Fixed(1)  # gradient accumulation: batches per optimizer step
+    """The parsed ``search`` section, by the study file's keys (``space.lr``, ``space.loss``,
+    ``space.labels``...): a Param, a Choice, an AugmentSpace or (labels) a mapping of Params.
+    ``space.image_size`` is None when the study takes ``data.image_size``."""
+
+    entries: Mapping[str, Any]
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self.__dict__["entries"][key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+def search_key(f: Any) -> str:
+    return f.metadata["knob"].key or f.name
 
 
 # ---------------------------------------------------------------------------------------------
 # Parsing and validation
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def parse_param(key: str, raw: Any) -> Param:
@@ -125,6 +123,10 @@ def parse_param(key: str, raw: Any) -> Param:
     if isinstance(raw, list):
         raise ConfigError(f"{key}: a list is not a distribution; write {{choices: {raw}}}")
     return Fixed(raw)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _parse_range(key: str, raw: Mapping) -> Range:
@@ -169,15 +171,24 @@ def check(key: str, param: Param, ok: Callable[[Any], bool], expected: str) -> P
     return param
 
 
-def _number(low: float, high: float = float("inf"), integer: bool = False) -> Callable[[Any], bool]:
-    def ok(v: Any) -> bool:
-        typed = _is_int(v) if integer else (isinstance(v, (int, float)) and not isinstance(v, bool))
-        return typed and low <= v <= high
-
-    return ok
+def resolve(path: str) -> Any:
+    """``"module:attribute"`` -> the attribute, importing the module (a registry's, say) now."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-def parse_choice(key: str, raw: Any, registry: Registry) -> Choice:
+def check_name(path: str, name: Any, key: str) -> None:
+    """``name`` is one that ``path`` (a Registry, or a check(name, key) function) knows."""
+    names = resolve(path)
+    if hasattr(names, "get") and hasattr(names, "arguments"):
+        names.get(name, key)
+    else:
+        names(name, key)
+
+
+def parse_choice(key: str, raw: Any, registry: str, names: bool = True) -> Choice:
+    """A component's entries and arguments; with ``names``, checked against ``registry``."""
+    kind = key.rsplit(".", 1)[-1]
     if isinstance(raw, str):
         branches = {raw: {}}
     elif isinstance(raw, Mapping) and "choose" in raw:
@@ -187,41 +198,41 @@ def parse_choice(key: str, raw: Any, registry: Registry) -> Choice:
         if isinstance(chosen, list):
             chosen = {name: {} for name in chosen}
         if not isinstance(chosen, Mapping) or not chosen:
-            raise ConfigError(f"{key}: choose needs a non-empty list or mapping of {registry.kind} names")
+            raise ConfigError(f"{key}: choose needs a non-empty list or mapping of {kind} names")
         branches = {name: dict(args or {}) for name, args in chosen.items()}
     elif isinstance(raw, Mapping) and "name" in raw:
         branches = {raw["name"]: {k: v for k, v in raw.items() if k != "name"}}
     else:
         raise ConfigError(
-            f"{key}: expected a {registry.kind} name, {{name: .., <args>}} or {{choose: {{..}}}}"
+            f"{key}: expected a {kind} name, {{name: .., <args>}} or {{choose: {{..}}}}"
         )
     parsed: dict[str, dict[str, Param]] = {}
     for name, args in branches.items():
-        registry.get(name, key)
-        known = registry.arguments(name)
-        parsed[name] = {}
-        for arg, value in args.items():
-            if arg not in known:
-                allowed = ", ".join(known) or "none"
-                raise ConfigError(f"{key}.{name}: unknown argument {arg!r}; allowed: {allowed}")
-            default = known[arg]
-            param = parse_param(f"{key}.{name}.{arg}", value)
-            if isinstance(default, bool):
-                check(f"{key}.{name}.{arg}", param, lambda v: isinstance(v, bool), "true or false")
-            elif isinstance(default, (int, float)):
-                check(
-                    f"{key}.{name}.{arg}",
-                    param,
-                    _number(float("-inf"), integer=_is_int(default)),
-                    "an integer" if _is_int(default) else "a number",
-                )
-            parsed[name][arg] = param
+        parsed[name] = {arg: parse_param(f"{key}.{name}.{arg}", value) for arg, value in args.items()}
+        if names:
+            _check_arguments(key, name, parsed[name], resolve(registry))
     return Choice(parsed)
 
 
-def _parse_op(name: str, spec: Any) -> OpSpace:
+def _check_arguments(key: str, name: str, args: Mapping[str, Param], registry: Any) -> None:
+    registry.get(name, key)
+    known = registry.arguments(name)
+    for arg, param in args.items():
+        if arg not in known:
+            allowed = ", ".join(known) or "none"
+            raise ConfigError(f"{key}.{name}: unknown argument {arg!r}; allowed: {allowed}")
+        default, where = known[arg], f"{key}.{name}.{arg}"
+        if isinstance(default, bool):
+            check(where, param, lambda v: isinstance(v, bool), "true or false")
+        elif isinstance(default, (int, float)):
+            check(where, param, number(float("-inf"), integer=_is_int(default)),
+                  "an integer" if _is_int(default) else "a number")
+
+
+def _parse_op(name: str, spec: Any, names: bool) -> OpSpace:
     """One augmentation op: ``true``/``false``, or {enabled, magnitude, p}, each a value or searched."""
-    OPS.get(name, "search.augment.ops")
+    if names:
+        check_name("hpo.data.augment:OPS", name, "search.augment.ops")
     spec = spec if isinstance(spec, Mapping) else {"enabled": spec}
     if set(spec) - {"enabled", "magnitude", "p"}:
         raise ConfigError(f"search.augment.ops.{name}: use enabled, magnitude and p only")
@@ -231,106 +242,90 @@ def _parse_op(name: str, spec: Any) -> OpSpace:
         return check(key, parse_param(key, spec.get(field, default)), ok, expected)
 
     return OpSpace(enabled=arg("enabled", True, lambda v: isinstance(v, bool), "true or false"),
-                   magnitude=arg("magnitude", 0.5, _number(0, 1), "a number in [0, 1]"),
-                   p=arg("p", 0.5, _number(0, 1), "a probability"))
+                   magnitude=arg("magnitude", 0.5, number(0, 1), "a number in [0, 1]"),
+                   p=arg("p", 0.5, number(0, 1), "a probability"))
 
 
-def _parse_augment(augment: Any) -> tuple[Param, dict[str, OpSpace]]:
+def _parse_augment(key: str, augment: Any, names: bool) -> AugmentSpace:
     """``search.augment``: a preset and ops searched one by one."""
+    augment = augment or {}
     if not isinstance(augment, Mapping) or set(augment) - {"preset", "ops"}:
-        raise ConfigError("search.augment: expected {preset: .., ops: {<op>: {enabled, magnitude, p}}}")
-    preset = parse_param("search.augment.preset", augment.get("preset", "none"))
+        raise ConfigError(f"{key}: expected {{preset: .., ops: {{<op>: {{enabled, magnitude, p}}}}}}")
+    preset = parse_param(f"{key}.preset", augment.get("preset", "none"))
     for name in candidates(preset):
-        check_preset(name, "search.augment.preset")
-    return preset, {name: _parse_op(name, spec) for name, spec in (augment.get("ops") or {}).items()}
+        check_preset(name, f"{key}.preset")
+    return AugmentSpace(preset, {name: _parse_op(name, spec, names) for name, spec in (augment.get("ops") or {}).items()})
 
 
-def parse_search(raw: Mapping[str, Any]) -> SearchSpace:
-    """Validate the ``search`` section; every error names its key."""
-    known = {"backbone", "pretrained", "freeze", "optimizer", "lr", "weight_decay", "scheduler", "loss",
-             "class_weights", "batch_size", "image_size", "augment", "mixup", "cutmix", "head", "sampling",
-             "labels", "accumulate"}
-    unknown = set(raw) - known
+def _parse_labels(key: str, labels: Any) -> dict[str, Param]:
+    labels = labels or {}
+    if not isinstance(labels, Mapping):
+        raise ConfigError(f"{key}: expected a mapping of training-label options, e.g. {{age_boundary: 58}}")
+    return {option: parse_param(f"{key}.{option}", value) for option, value in labels.items()}
+
+
+def _parse_value(key: str, raw: Any, spec: Knob, names: bool) -> Param:
+    param = parse_param(key, raw)
+    if spec.accepts is not None:
+        check(key, param, spec.accepts, spec.expected)
+    if names and spec.names is not None:
+        for name in candidates(param):
+            check_name(spec.names, name, key)
+    return param
+
+
+def parse_search(raw: Mapping[str, Any], names: bool = True) -> SearchSpace:
+    """Validate the ``search`` section; every error names its key. Without ``names``, only its
+    shape: no registry is imported (the study file's first check, before torch and timm load)."""
+    fields = knobs()
+    known = [search_key(f) for f in fields]
+    unknown = set(raw) - set(known)
     if unknown:
         hint = did_you_mean(sorted(unknown)[0], known)
         raise ConfigError(f"search: unknown key(s) {sorted(unknown)}{hint}; known: {', '.join(sorted(known))}")
-    if "backbone" not in raw:
-        raise ConfigError("search.backbone is required: a timm model name or {choices: [...]}")
+    entries: dict[str, Any] = {}
+    for f in fields:
+        spec: Knob = f.metadata["knob"]
+        name, key = search_key(f), f"search.{search_key(f)}"
+        if name not in raw and spec.default_from:
+            entries[name] = None  # the study file's other key gives it (data.image_size)
+            continue
+        if name not in raw and spec.required_hint:
+            raise ConfigError(f"{key} is required: {spec.required_hint}")
+        value = raw.get(name, spec.default)
+        if spec.kind == "component":
+            entries[name] = parse_choice(key, value, spec.names or "", names)
+        elif spec.kind == "augment":
+            entries[name] = _parse_augment(key, value, names)
+        elif spec.kind == "labels":
+            entries[name] = _parse_labels(key, value)
+        else:
+            entries[name] = _parse_value(key, value, spec, names)
+    return SearchSpace(entries)
 
-    def param(key: str, default: Any) -> Param:
-        return parse_param(f"search.{key}", raw.get(key, default))
 
-    backbone = check(
-        "search.backbone", param("backbone", None), lambda v: isinstance(v, str), "a timm model name"
-    )
-    for name in candidates(backbone):
-        check_backbone(name)
-    pretrained = check(
-        "search.pretrained",
-        param("pretrained", False),
-        lambda v: isinstance(v, (bool, str)),
-        "true, false or a weights file path",
-    )
-    preset, ops = _parse_augment(raw.get("augment", {}) or {})
-    image_size = None
-    if "image_size" in raw:
-        image_size = check(
-            "search.image_size", param("image_size", None), _number(8, 4096, True), "an integer in [8, 4096]"
-        )
-    class_weights = param("class_weights", "none")
-    for name in candidates(class_weights):
-        CLASS_WEIGHTS.get(name, "search.class_weights")
-    head, sampling = param("head", "single"), param("sampling", "uniform")
-    for name in candidates(head):
-        HEADS.get(name, "search.head")
-    for name in candidates(sampling):
-        SAMPLING.get(name, "search.sampling")
-    labels = raw.get("labels") or {}
-    if not isinstance(labels, Mapping):
-        raise ConfigError("search.labels: expected a mapping of training-label options, e.g. {age_boundary: 58}")
-    return SearchSpace(
-        backbone=backbone,
-        pretrained=pretrained,
-        freeze=parse_choice("search.freeze", raw.get("freeze", "none"), FREEZE),
-        optimizer=parse_choice("search.optimizer", raw.get("optimizer", "adamw"), OPTIMIZERS),
-        lr=check("search.lr", param("lr", 1e-3), _number(1e-12, 10), "a learning rate in (0, 10]"),
-        weight_decay=check("search.weight_decay", param("weight_decay", 0.0), _number(0, 1), "in [0, 1]"),
-        scheduler=parse_choice("search.scheduler", raw.get("scheduler", "constant"), SCHEDULERS),
-        loss=parse_choice("search.loss", raw.get("loss", "cross_entropy"), LOSSES),
-        class_weights=class_weights,
-        batch_size=check(
-            "search.batch_size", param("batch_size", 32), _number(1, 65536, True), "a positive integer"
-        ),
-        image_size=image_size,
-        augment_preset=preset,
-        augment_ops=ops,
-        mixup=check("search.mixup", param("mixup", 0.0), _number(0, 1), "a probability in [0, 1]"),
-        cutmix=check("search.cutmix", param("cutmix", 0.0), _number(0, 1), "a probability in [0, 1]"),
-        head=head,
-        sampling=sampling,
-        labels={key: parse_param(f"search.labels.{key}", value) for key, value in labels.items()},
-        accumulate=check(
-            "search.accumulate", param("accumulate", 1), _number(1, 1024, True), "an integer in [1, 1024]"
-        ),
-    )
+def _parts(space: SearchSpace) -> Iterator[tuple[str, Knob, Any]]:
+    """(study-file key, knob, parsed entry) of every field, in sampling order."""
+    for f in knobs():
+        yield search_key(f), f.metadata["knob"], space.entries[search_key(f)]
 
 
 def searched(space: SearchSpace) -> dict[str, Param]:
     """Every Optuna parameter this space can produce (conditional ones included), by name."""
-    params: dict[str, Param] = {
-        key: getattr(space, key)
-        for key in ("backbone", "pretrained", "lr", "weight_decay", "class_weights", "batch_size",
-                    "image_size", "mixup", "cutmix", "head", "sampling", "accumulate")
-    }
-    for key in ("freeze", "optimizer", "scheduler", "loss"):
-        choice: Choice = getattr(space, key)
-        params[key] = Categorical(tuple(choice.branches)) if len(choice.branches) > 1 else None
-        for branch, args in choice.branches.items():
-            params |= {f"{key}.{branch}.{arg}": p for arg, p in args.items()}
-    params |= {f"labels.{key}": p for key, p in space.labels.items()}
-    params["augment.preset"] = space.augment_preset
-    for op, spec in space.augment_ops.items():
-        params |= {f"augment.{op}.{field}": getattr(spec, field) for field in ("enabled", "magnitude", "p")}
+    params: dict[str, Any] = {}
+    for name, spec, entry in _parts(space):
+        if spec.kind == "component":
+            params[name] = Categorical(tuple(entry.branches)) if len(entry.branches) > 1 else None
+            for branch, args in entry.branches.items():
+                params |= {f"{name}.{branch}.{arg}": p for arg, p in args.items()}
+        elif spec.kind == "labels":
+            params |= {f"{name}.{option}": p for option, p in entry.items()}
+        elif spec.kind == "augment":
+            params[f"{name}.preset"] = entry.preset
+            for op, ranges in entry.ops.items():
+                params |= {f"{name}.{op}.{field}": getattr(ranges, field) for field in ("enabled", "magnitude", "p")}
+        else:
+            params[name] = entry
     return {name: p for name, p in params.items() if isinstance(p, (Categorical, Range))}
 
 
@@ -373,51 +368,38 @@ def suggest_component(trial: optuna.Trial, name: str, choice: Choice) -> Compone
     return Component(chosen, args)
 
 
-def suggest_augment(trial: optuna.Trial, space: SearchSpace) -> tuple[AugmentOp, ...]:
-    ops = preset_ops(suggest(trial, "augment.preset", space.augment_preset))
-    for name, op in space.augment_ops.items():
-        if suggest(trial, f"augment.{name}.enabled", op.enabled):
-            ops[name] = (
-                suggest(trial, f"augment.{name}.magnitude", op.magnitude),
-                suggest(trial, f"augment.{name}.p", op.p),
-            )
+def suggest_augment(trial: optuna.Trial, name: str, space: AugmentSpace) -> tuple[AugmentOp, ...]:
+    ops = preset_ops(suggest(trial, f"{name}.preset", space.preset))
+    for op, ranges in space.ops.items():
+        if suggest(trial, f"{name}.{op}.enabled", ranges.enabled):
+            ops[op] = (suggest(trial, f"{name}.{op}.magnitude", ranges.magnitude),
+                       suggest(trial, f"{name}.{op}.p", ranges.p))
         else:
-            ops.pop(name, None)
-    return tuple(AugmentOp(name, float(m), float(p)) for name, (m, p) in ops.items())
+            ops.pop(op, None)
+    return tuple(AugmentOp(op, float(m), float(p)) for op, (m, p) in ops.items())
 
 
-def trial_config(trial: optuna.Trial, spec: Any) -> TrainConfig:
-    """The one function that turns a trial's parameters into a training config.
+# How a sampled value becomes the field's type (the study file may write 1 for a float).
+CASTS: dict[str, Callable[[Any], Any]] = {"float": float, "int": int}
 
-    ``spec`` is a :class:`hpo.config.StudySpec`; pass ``optuna.trial.FixedTrial(params)`` to
-    rebuild the config of a stored trial (as ``hpo export`` does).
-    """
-    space: SearchSpace = spec.search
-    return TrainConfig(
-        backbone=suggest(trial, "backbone", space.backbone),
-        pretrained=suggest(trial, "pretrained", space.pretrained),
-        freeze=suggest_component(trial, "freeze", space.freeze),
-        optimizer=suggest_component(trial, "optimizer", space.optimizer),
-        lr=float(suggest(trial, "lr", space.lr)),
-        weight_decay=float(suggest(trial, "weight_decay", space.weight_decay)),
-        scheduler=suggest_component(trial, "scheduler", space.scheduler),
-        loss=suggest_component(trial, "loss", space.loss),
-        class_weights=suggest(trial, "class_weights", space.class_weights),
-        batch_size=int(suggest(trial, "batch_size", space.batch_size)),
-        image_size=int(suggest(trial, "image_size", space.image_size or Fixed(spec.data.image_size))),
-        augment=suggest_augment(trial, space),
-        mixup=float(suggest(trial, "mixup", space.mixup)),
-        cutmix=float(suggest(trial, "cutmix", space.cutmix)),
-        max_epochs=spec.budget.max_epochs,
-        patience=spec.budget.patience,
-        seed=spec.seed,
-        crop=tuple(spec.data.crop) if spec.data.crop else None,
-        head=suggest(trial, "head", space.head),
-        sampling=suggest(trial, "sampling", space.sampling),
-        label_options={key: suggest(trial, f"labels.{key}", p) for key, p in space.labels.items()},
-        accumulate=int(suggest(trial, "accumulate", space.accumulate)),
-        compile=spec.train.compile,
-        augment_on=spec.train.augment_on,
-        mean=spec.data.mean,
-        std=spec.data.std,
-    )
+
+def sample(trial: optuna.Trial, space: SearchSpace, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Every searchable field's value for ``trial``, by field name. ``defaults``: the value of each
+    ``default_from`` key the study file gives elsewhere (``{"data.image_size": 64}``)."""
+    values: dict[str, Any] = {}
+    for f in knobs():
+        name, spec, entry = search_key(f), f.metadata["knob"], space.entries[search_key(f)]
+        if spec.kind == "component":
+            values[f.name] = suggest_component(trial, name, entry)
+        elif spec.kind == "augment":
+            values[f.name] = suggest_augment(trial, name, entry)
+        elif spec.kind == "labels":
+            values[f.name] = {option: suggest(trial, f"{name}.{option}", p) for option, p in entry.items()}
+        else:
+            param = entry if entry is not None else Fixed(defaults[spec.default_from or ""])
+            values[f.name] = CASTS.get(str(f.type), lambda v: v)(suggest(trial, name, param))
+    return values
+
+
+__all__ = ["Categorical", "Choice", "Fixed", "Param", "Range", "SearchSpace", "candidates",
+           "check_params", "parse_search", "sample", "searched"]

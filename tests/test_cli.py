@@ -92,6 +92,21 @@ def test_help_starts_without_the_training_libraries(tmp_path):
         hpo.run_studies  # noqa: B018
 
 
+@pytest.mark.parametrize("change", ["serach={backbone: resnet18}", "search.lr={low: 1, high: 0.1}", "budget.n_trials=0",
+                                    "data.image_size=three", "cv={folds: 3, shuffle: true}"])
+def test_a_study_file_s_mistakes_are_reported_before_torch_and_timm_load(study_file, tmp_path, change):
+    """Its shape (keys, types, ranges) is checked with nothing heavier than pydantic imported:
+    seconds sooner, tens of seconds on a busy machine."""
+    code = ("import sys; from typer.testing import CliRunner; from hpo.cli import app;"
+            f" done = CliRunner().invoke(app, ['run', '--study', {str(study_file)!r}, '--set', {change!r}]);"
+            " print(done.exit_code); print(sorted({'torch', 'timm', 'albumentations', 'cv2'} & set(sys.modules)));"
+            " print(done.stderr.strip())")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    exit_code, heavy, message = done.stdout.split("\n", 2)
+    assert (exit_code, heavy) == ("2", "[]"), done.stdout + done.stderr
+    assert message.startswith("error: ") and message.strip().count("\n") == 0
+
+
 def assert_refused(done: subprocess.CompletedProcess, message: str, folder: Path, before: list[Path]) -> None:
     """Exit code 2, one line naming the problem, and nothing written."""
     assert done.returncode == 2, done.stderr

@@ -5,8 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from hpo.config import parse_spec
-from hpo.space import trial_config
+from hpo.config import parse_spec, trial_config
 from hpo.train.config import TrainConfig
 from tests.conftest import tiny_study
 

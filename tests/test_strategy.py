@@ -6,9 +6,9 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from hpo.config import parse_spec
+from hpo.config import parse_spec, trial_config
 from hpo.errors import ConfigError
-from hpo.space import check_params, trial_config
+from hpo.space import check_params
 from hpo.strategy import SAMPLERS, report_step, reports_per_fold
 from tests.conftest import tiny_study
 from tests.test_space import SEARCH

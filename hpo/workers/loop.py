@@ -14,15 +14,11 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field
-from types import FrameType
 
 import optuna
 import torch
@@ -43,6 +39,7 @@ from hpo.settings import settings
 from hpo.study import COUNTED, StudyHandle, count_states, record_budget, seed_sampler
 from hpo.system import pick_device, release_device_memory
 from hpo.workers.heartbeat import heartbeat, sweeper
+from hpo.workers.stopping import stop_if_requested
 
 log = logging.getLogger(__name__)
 
@@ -58,71 +55,6 @@ def is_device_failure(error: BaseException) -> bool:
     return isinstance(error, accelerator_error) or (
         isinstance(error, RuntimeError) and "CUDA error" in str(error)
     )
-
-
-_stop_requested: type[BaseException] | None = None  # what a SIGTERM asked to raise (see stop_if_requested)
-
-
-def raise_on_sigterm(stop: type[BaseException] = WorkerStopping) -> None:
-    """Turn SIGTERM into ``stop`` raised in the main thread (as Ctrl-C is KeyboardInterrupt)."""
-    global _stop_requested
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        global _stop_requested
-        _stop_requested = stop
-        raise stop()
-
-    _stop_requested = None
-    signal.signal(signal.SIGTERM, handler)
-
-
-@contextmanager
-def sigterm_raises(stop: type[BaseException]) -> Iterator[None]:
-    """raise_on_sigterm(stop) for the block; the handler before it, and no stop asked, after."""
-    global _stop_requested
-    previous = signal.getsignal(signal.SIGTERM)
-    raise_on_sigterm(stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        _stop_requested = None
-
-
-def stop_if_requested() -> None:
-    """The SIGTERM's exception again, where the signal handler's was lost: raised while Python
-    ran a finalizer or a weakref callback (a DataLoader's, say), it is only printed ("Exception
-    ignored"), and a worker went on to finish the whole budget. Workers check between trials
-    and after every epoch, the pool at every look at its workers."""
-    if _stop_requested is not None:
-        raise _stop_requested()
-
-
-@contextmanager
-def stop_when_orphaned(interval: float = 1.0) -> Iterator[None]:
-    """In a worker process that `hpo run` started (``HPO_SUPERVISOR_PID``): stop as on SIGTERM
-    (the running trial failed and re-enqueued) once that process is gone, killed with no chance
-    to stop its workers (kill -9, an OOM kill). The worker is then re-parented, so its parent
-    process id changes. A worker started by hand has no supervisor and is left alone."""
-    supervisor = settings().supervisor_pid
-    if supervisor is None:
-        yield
-        return
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.wait(interval):
-            if os.getppid() != supervisor:
-                log.warning("the hpo run that started this worker (pid %s) is gone: stopping", supervisor)
-                os.kill(os.getpid(), signal.SIGTERM)  # the SIGTERM path: the trial goes back to the queue
-                return
-
-    thread = threading.Thread(target=watch, name="supervisor-watch", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
 
 
 @dataclass

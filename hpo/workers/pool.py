@@ -25,7 +25,7 @@ from hpo.settings import child_environment
 from hpo.storage import STORAGE_FAILURES, is_sqlite
 from hpo.study import StudyHandle
 from hpo.workers.heartbeat import sweeper
-from hpo.workers.loop import sigterm_raises, stop_if_requested
+from hpo.workers.stopping import sigterm_raises, stop_if_requested
 
 log = logging.getLogger(__name__)
 

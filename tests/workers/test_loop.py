@@ -19,10 +19,9 @@ from hpo.errors import ConfigError
 from hpo.run import run_study
 from hpo.storage import HeldLock, retrying
 from hpo.study import connect, enqueue
-from hpo.workers import Worker, WorkerStopping
-from hpo.workers import loop as worker_loop
-from hpo.workers.loop import raise_on_sigterm
+from hpo.workers import Worker, WorkerStopping, stopping
 from hpo.workers.pool import plan_slots
+from hpo.workers.stopping import raise_on_sigterm
 from tests.conftest import tiny_study
 
 
@@ -129,7 +128,7 @@ def test_a_sigterm_lost_in_a_finalizer_still_stops_the_worker(image_root, tmp_pa
     handle = connect(spec, f"sqlite:///{tmp_path / 's.db'}")
     previous = signal.getsignal(signal.SIGTERM)
     request.addfinalizer(lambda: signal.signal(signal.SIGTERM, previous))
-    monkeypatch.setattr(worker_loop, "_stop_requested", None)
+    monkeypatch.setattr(stopping, "_stop_requested", None)
     raise_on_sigterm()
 
     class Box:  # something a weakref can point to
@@ -138,7 +137,7 @@ def test_a_sigterm_lost_in_a_finalizer_still_stops_the_worker(image_root, tmp_pa
     def sigterm_in_a_finalizer(event) -> None:
         if (event.result.fold, event.result.epoch) == (0, 0):
             weakref.finalize(Box(), os.kill, os.getpid(), signal.SIGTERM)  # runs at once: the box is gone
-            assert worker_loop._stop_requested is WorkerStopping  # the handler ran; its raise was lost
+            assert stopping._stop_requested is WorkerStopping  # the handler ran; its raise was lost
 
     with pytest.raises(WorkerStopping):
         Worker(handle, budget=2, on_epoch=sigterm_in_a_finalizer).run()
