@@ -117,7 +117,8 @@ def _overrides(set_: list[str] | None, tensorboard: Path | None = None) -> list[
 def _spec(study: str, overrides: list[str], storage: str | None):  # noqa: ANN202
     """The study file, or (for a worker joining from elsewhere) the spec kept in the storage."""
     from hpo.config import load_spec_or_stored
-    from hpo.storage import resolve_url, stored_spec
+    from hpo.storage import resolve_url
+    from hpo.study import stored_spec
 
     return load_spec_or_stored(study, overrides, lambda: stored_spec(resolve_url(storage), study))
 
@@ -228,16 +229,17 @@ def dashboard(
 
     from hpo.review.artifacts import artifact_location, open_artifact_store
     from hpo.status import load_existing
-    from hpo.storage import resolve_url, writable
+    from hpo.storage import writable
+    from hpo.study import storage_url
 
     spec = _spec(study, set_ or [], storage)
     # Read-only where this user cannot write (notes and other edits in the page then fail).
-    read_only = not writable(resolve_url(storage, spec))
+    read_only = not writable(storage_url(storage, spec))
     existing = load_existing(spec, storage, read_only)  # fails clearly when there is no such study
     location = artifact_location(spec)
     console.print(f"dashboard for study {spec.name} (artifacts: {location}{', read-only' if read_only else ''}):"
                   f" http://{host}:{port}/", soft_wrap=True)
-    optuna_dashboard.run_server(existing._storage, host=host, port=port, artifact_store=open_artifact_store(location))
+    optuna_dashboard.run_server(existing._storage.rdb, host=host, port=port, artifact_store=open_artifact_store(location))
 
 
 @app.command()

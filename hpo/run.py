@@ -11,8 +11,8 @@ from rich.console import Console
 
 from hpo.config import StudySpec
 from hpo.progress import FINISHED, RunDisplay, trial_line
-from hpo.storage import redact, resolve_url
-from hpo.study import COUNTED, connect, count_states, record_budget, trials_done
+from hpo.storage import redact
+from hpo.study import COUNTED, connect, count_states, record_budget, storage_url, trials_done
 from hpo.system import pick_device
 from hpo.workers import Pool, Worker, plan_slots
 from hpo.workers.pool import check_pool_storage
@@ -53,7 +53,7 @@ def run_study(
     console = console or Console(stderr=True)
     pooled = (workers or 1) > 1 or gpus is not None or trials_per_gpu > 1
     slots = plan_slots(workers, gpus, trials_per_gpu) if pooled else []
-    check_pool_storage(resolve_url(storage, spec), len(slots))  # before anything is written
+    check_pool_storage(storage_url(storage, spec), len(slots))  # before anything is written
     handle = connect(spec, storage)
     budget = n_trials or spec.budget.n_trials
     timeout = timeout if timeout is not None else spec.budget.timeout

@@ -13,13 +13,13 @@ from rich.text import Text
 from hpo import keys
 from hpo.config import StudySpec
 from hpo.errors import StorageError
-from hpo.storage import open_storage, redact, require_database, resolve_url
-from hpo.study import COUNTED, best_value, count_states, stored_budget, trials_done
+from hpo.storage import open_storage, redact, require_database
+from hpo.study import COUNTED, best_value, count_states, storage_url, stored_budget, trials_done
 
 
 def load_existing(spec: StudySpec, url: str | None, read_only: bool = True) -> optuna.Study:
     """The study as stored; never creates a database, and (``read_only``) writes nothing."""
-    url = resolve_url(url, spec)
+    url = storage_url(url, spec)
     require_database(url, spec.name)
     try:
         return optuna.load_study(study_name=spec.name, storage=open_storage(url, read_only=read_only))

@@ -21,12 +21,12 @@ from hpo.data import cache
 from hpo.data.folds import make_fold_plan
 from hpo.data.formats import load_table
 from hpo.data.table import ImageTable
-from hpo.errors import ConfigError, first_line
+from hpo.errors import ConfigError, DataError, StorageError, first_line
 from hpo.prepare import image_sizes
 from hpo.review.artifacts import artifact_location, check_artifact_store
 from hpo.review.note import ensure_note
 from hpo.space import Param, Range, candidates, check_params
-from hpo.storage import open_storage, open_study, resolve_url, study_lock
+from hpo.storage import open_storage, redact, require_database, resolve_url, study_lock
 from hpo.train.loop import compile_backend
 from hpo.train.losses import build_loss
 from hpo.train.models import (
@@ -157,6 +157,64 @@ def prepare(spec: StudySpec) -> tuple[ImageTable, np.ndarray]:
     return table, plan
 
 
+def storage_url(url: str | None, spec: StudySpec) -> str:
+    """``--storage``, else ``HPO_STORAGE``, else the study's SQLite file in its output folder."""
+    return resolve_url(url, spec.outputs / f"{spec.name}.db")
+
+
+def stored_spec(url: str, study_name: str) -> dict[str, Any]:
+    """The study file a study was created with (for workers joining without the file)."""
+    require_database(url, study_name)
+    storage = open_storage(url, read_only=True)
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        raise StorageError(f"no study {study_name!r} in {redact(url)}; start it with hpo run first, or give the study file") from None
+    attrs = storage.get_study_user_attrs(study_id)
+    if keys.SPEC not in attrs:
+        raise StorageError(f"study {study_name!r} in {redact(url)} was not created by hpo; give the study file")
+    return attrs[keys.SPEC]
+
+
+def open_study(spec: StudySpec, storage: optuna.storages.BaseStorage, table: ImageTable,
+               plan: np.ndarray) -> tuple[optuna.Study, np.ndarray]:
+    """Create the study (or load it) with its fold plan; return the plan every trial must use.
+
+    Call under :func:`study_lock` when several processes may start at once. A study remembers
+    its data fingerprint and folds: a resume on changed data or a different cv section is
+    refused rather than silently comparing trials trained on different splits.
+    """
+    study = optuna.create_study(
+        storage=storage,
+        study_name=spec.name,
+        direction=spec.direction,
+        sampler=spec.build_sampler(),
+        pruner=spec.build_pruner(),
+        load_if_exists=True,
+    )
+    attrs = study.user_attrs
+    cv = {"folds": spec.cv.folds, "seed": spec.cv.seed}
+    if keys.FOLD_PLAN not in attrs:
+        study.set_user_attr(keys.DATA_FINGERPRINT, table.fingerprint())
+        study.set_user_attr(keys.CV, cv)
+        study.set_user_attr(keys.SPEC, spec.raw)
+        study.set_user_attr(keys.CLASSES, list(table.classes))
+        study.set_user_attr(keys.FOLD_PLAN, plan.tolist())  # last: its presence marks a complete setup
+        return study, plan
+    if attrs.get(keys.DATA_FINGERPRINT) != table.fingerprint():
+        raise DataError(
+            f"the data differs from the data study {spec.name!r} was created with (fingerprint"
+            f" {table.fingerprint()} != {attrs.get(keys.DATA_FINGERPRINT)}); restore that data or use a"
+            " new study name (--set name=...)"
+        )
+    if attrs.get(keys.CV) != cv:
+        raise DataError(
+            f"study {spec.name!r} was created with cv {attrs.get(keys.CV)}, not {cv}; restore the"
+            " cv section or use a new study name (--set name=...)"
+        )
+    return study, np.asarray(attrs[keys.FOLD_PLAN], dtype=np.int64)
+
+
 @dataclass
 class StudyHandle:
     spec: StudySpec
@@ -173,7 +231,7 @@ class StudyHandle:
 def connect(spec: StudySpec, url: str | None = None) -> StudyHandle:
     """Validate, open the storage (with heartbeats), and create or load the study. Safe when
     many processes start at once: creation and seeding happen under the study lock."""
-    url = resolve_url(url, spec)  # checked before anything is written, the cache included
+    url = storage_url(url, spec)  # checked before anything is written, the cache included
     table, plan = prepare(spec)
     w = spec.workers
     storage = open_storage(url, w.heartbeat_interval, w.grace_period, w.max_retry)

@@ -99,9 +99,9 @@ def _no_env_storage(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(autouse=True)
 def _no_outage_seen(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts with no database error seen by this process (it pauses stale sweeps)."""
-    import hpo.storage
+    import hpo.storage.retry
 
-    monkeypatch.setattr(hpo.storage, "_last_transient_error", -float("inf"))
+    monkeypatch.setattr(hpo.storage.retry, "_last_transient_error", -float("inf"))
 
 
 @pytest.fixture(scope="session", autouse=True)

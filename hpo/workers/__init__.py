@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from hpo.errors import EXIT_DEVICE, EXIT_DONE, EXIT_INPUT, EXIT_STOPPED, DeviceError, WorkerStopping
     from hpo.workers.loop import Worker
-    from hpo.workers.pool import SQLITE_MAX_WORKERS, Pool, Slot, plan_slots
+    from hpo.workers.pool import Pool, Slot, plan_slots
 
 __all__ = [
-    "EXIT_DEVICE", "EXIT_DONE", "EXIT_INPUT", "EXIT_STOPPED", "SQLITE_MAX_WORKERS",
+    "EXIT_DEVICE", "EXIT_DONE", "EXIT_INPUT", "EXIT_STOPPED",
     "DeviceError", "Pool", "Slot", "Worker", "WorkerStopping", "plan_slots",
 ]
-_HOMES = {"Worker": "hpo.workers.loop", "SQLITE_MAX_WORKERS": "hpo.workers.pool", "Pool": "hpo.workers.pool",
+_HOMES = {"Worker": "hpo.workers.loop", "Pool": "hpo.workers.pool",
           "Slot": "hpo.workers.pool", "plan_slots": "hpo.workers.pool"}
 
 

@@ -22,15 +22,13 @@ from hpo import keys, settings
 from hpo.errors import EXIT_DONE, EXIT_INPUT, ConfigError, HpoError, first_line
 from hpo.progress import RunDisplay
 from hpo.settings import child_environment
-from hpo.storage import STORAGE_FAILURES, is_sqlite
+from hpo.storage import STORAGE_FAILURES, backend, max_workers
 from hpo.study import StudyHandle
 from hpo.workers.heartbeat import sweeper
 from hpo.workers.stopping import sigterm_raises, stop_if_requested
 
 log = logging.getLogger(__name__)
 
-# Measured: 16 processes on one SQLite file lose nothing with our settings; past that use a server.
-SQLITE_MAX_WORKERS = 16
 MAX_RESTARTS = 5
 STOP_SECONDS = 30
 POLL_SECONDS = 1.0  # how often the pool looks at its workers and the study
@@ -63,9 +61,10 @@ def plan_slots(workers: int | None, gpus: list[str] | None, trials_per_gpu: int)
 
 
 def check_pool_storage(url: str, workers: int) -> None:
-    if is_sqlite(url) and workers > SQLITE_MAX_WORKERS:
+    most, name = max_workers(url), type(backend(url)).__name__
+    if most is not None and workers > most:
         raise ConfigError(
-            f"{workers} workers on one SQLite file: SQLite holds up to {SQLITE_MAX_WORKERS};"
+            f"{workers} workers on one {name} database: {name} holds up to {most};"
             " use PostgreSQL for more (--storage postgresql+psycopg://user@host/db)"
         )
 

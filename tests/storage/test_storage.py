@@ -22,9 +22,9 @@ from hpo.storage import (
     redact,
     resolve_url,
     retrying,
-    stored_spec,
     study_lock,
 )
+from hpo.study import storage_url, stored_spec
 from hpo.workers.heartbeat import fail_stale_trials
 from tests.conftest import tiny_study
 
@@ -32,15 +32,15 @@ from tests.conftest import tiny_study
 def test_url_precedence(image_root, tmp_path, monkeypatch):
     spec = parse_spec(tiny_study(image_root, tmp_path))
     monkeypatch.chdir(tmp_path)
-    assert resolve_url(None, spec) == f"sqlite:///{tmp_path / 'runs' / 'tiny.db'}"
+    assert storage_url(None, spec) == f"sqlite:///{tmp_path / 'runs' / 'tiny.db'}"
     (tmp_path / ".env").write_text("HPO_STORAGE=sqlite:///from-dotenv.db\n")
     monkeypatch.setenv("HPO_STORAGE", "")  # so that the variable load_env sets is removed after the test
     monkeypatch.delenv("HPO_STORAGE")
     load_env()  # as the command line does first thing
-    assert resolve_url(None, spec) == "sqlite:///from-dotenv.db"
+    assert storage_url(None, spec) == "sqlite:///from-dotenv.db"
     monkeypatch.setenv("HPO_STORAGE", "sqlite:///from-env.db")
-    assert resolve_url(None, spec) == "sqlite:///from-env.db"
-    assert resolve_url("sqlite:///cli.db", spec) == "sqlite:///cli.db"
+    assert storage_url(None, spec) == "sqlite:///from-env.db"
+    assert storage_url("sqlite:///cli.db", spec) == "sqlite:///cli.db"
 
 
 def test_passwords_never_shown():
@@ -113,7 +113,7 @@ def test_no_trial_is_stale_until_a_grace_period_after_an_outage(tmp_path, monkey
     assert study.trials[0].state == TrialState.RUNNING
 
     # The grace period and a last backoff have passed since the error.
-    monkeypatch.setattr(storage_module, "_last_transient_error", time.monotonic() - 2 - MAX_BACKOFF_SECONDS - 1)
+    monkeypatch.setattr(storage_module.retry, "_last_transient_error", time.monotonic() - 2 - MAX_BACKOFF_SECONDS - 1)
     fail_stale_trials(study)
     assert study.trials[0].state == TrialState.FAIL
 
