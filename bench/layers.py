@@ -23,14 +23,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundations", ("hpo.errors", "hpo.registry", "hpo.settings", "hpo.env", "hpo.files", "hpo.keys",
                      "hpo.system")),
     ("data", ("hpo.data",)),
-    ("train", ("hpo.train",)),
-    ("search space and study file", ("hpo.space", "hpo.config", "hpo.strategy", "hpo.prepare")),
+    ("train and its trackers", ("hpo.train", "hpo.tracking")),
+    ("search space and study file", ("hpo.params", "hpo.space", "hpo.config", "hpo.strategy", "hpo.prepare")),
     ("storage", ("hpo.storage",)),
-    ("study, objective, workers", ("hpo.study", "hpo.objective", "hpo.workers", "hpo.tracking",
-                                   "hpo.artifacts", "hpo.trial")),
+    ("study, objective, workers", ("hpo.checks", "hpo.study", "hpo.objective", "hpo.workers", "hpo.records", "hpo.progress")),
     ("review, export, final models, prediction, API",
      ("hpo.review", "hpo.export", "hpo.final", "hpo.predict", "hpo.ensemble", "hpo.run", "hpo.status",
-      "hpo.progress", "hpo.catalog")),
+      "hpo.catalog")),
     ("command line", ("hpo.cli", "hpo.__main__", "hpo")),
 ]
 

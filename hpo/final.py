@@ -30,10 +30,11 @@ from hpo.errors import ConfigError, DataError
 from hpo.export import Export, ExportedTrial
 from hpo.study import prepare
 from hpo.train.config import AUGMENT_ON, TrainConfig
-from hpo.train.loop import EpochResult, FoldData, FoldResult, fit_fold
+from hpo.train.loop import fit_fold
 from hpo.train.losses import CLASS_WEIGHTS, LOSSES
 from hpo.train.models import FREEZE, check_backbone
 from hpo.train.optim import OPTIMIZERS, SCHEDULERS
+from hpo.train.results import EpochResult, FoldData, FoldResult
 
 MANIFEST = "final.yaml"
 Mode = Literal["folds", "full"]

@@ -22,13 +22,14 @@ from hpo.data.cache import decoded
 from hpo.data.folds import iter_folds
 from hpo.data.table import ImageTable
 from hpo.errors import TrainingDiverged
-from hpo.review.artifacts import TrialReview, artifact_location, open_artifact_store, upload_review
-from hpo.review.note import save_trial_note
+from hpo.records.artifacts import TrialReview, artifact_location, open_artifact_store, upload_review
+from hpo.records.note import save_trial_note
 from hpo.strategy import report_step, reports_per_fold
 from hpo.system import pick_device, release_device_memory
 from hpo.tracking import build_trackers
 from hpo.train.config import TrainConfig
-from hpo.train.loop import EpochResult, FoldData, FoldResult, fit_fold
+from hpo.train.loop import fit_fold
+from hpo.train.results import EpochResult, FoldData, FoldResult
 
 
 @dataclass(frozen=True)

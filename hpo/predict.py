@@ -166,3 +166,51 @@ def write_submission(inputs: Inputs, predicted: np.ndarray, path: Path, classes:
         rows.writerow([LISTING_ID, ANSWER])
         rows.writerows(zip(inputs.ids, answers, strict=True))
     return write_whole(path, buffer.getvalue())
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What `hpo predict` wrote: the inputs in their order, the averaged probabilities, the
+    class names, and how many models voted."""
+
+    inputs: Inputs
+    probabilities: np.ndarray
+    classes: list[str]
+    models: int
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probabilities.argmax(1)
+
+    def counts(self) -> dict[str, int]:
+        """Predictions per class, the classes predicted at least once."""
+        found = np.bincount(self.predicted, minlength=len(self.classes))
+        return {self.classes[i]: int(n) for i, n in enumerate(found) if n}
+
+
+def predict_folder(
+    model: Path,
+    data: Path,
+    output: Path,
+    tta: bool = False,
+    batch_size: int = 64,
+    class_names: bool = False,
+    device: torch.device | None = None,
+    on_start: Callable[[int, int, torch.device], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> Prediction:
+    """The models `hpo train` saved in ``model``, soft-voting on the images of ``data``; the
+    submission CSV written whole to ``output``. ``on_start(images, models, device)`` hears them
+    before the first batch, ``on_batch(n)`` each batch."""
+    from hpo.system import pick_device
+
+    device = device or pick_device()
+    models, classes = load_models(model, device)
+    inputs = find_inputs(data)
+    if on_start is not None:
+        on_start(len(inputs.ids), len(models), device)
+    probabilities = predict_probabilities(models, inputs.paths, device, tta, batch_size, on_batch)
+    result = Prediction(inputs, probabilities, classes, len(models))
+    write_submission(inputs, result.predicted, output, classes if class_names else None)
+    return result
+

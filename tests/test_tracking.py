@@ -13,7 +13,7 @@ from hpo.data.formats import load_table
 from hpo.objective import Objective
 from hpo.tracking import TRACKERS, Tracker, build_trackers
 from hpo.train.config import TrainConfig
-from hpo.train.loop import EpochResult, FoldResult
+from hpo.train.results import EpochResult, FoldResult
 from tests.conftest import tiny_study
 
 SCALARS = {"loss/train", "loss/val", "macro_f1/val", "accuracy/val", "lr", "images_per_second", "data_wait",
@@ -83,7 +83,7 @@ def test_trackers_are_a_registry(image_root, tmp_path):
     assert build_trackers(spec) == []  # nothing asked for, nothing written
     asked = parse_spec(tiny_study(image_root, tmp_path, tracking={"tensorboard": str(tmp_path / "tb")}))
     [tracker] = build_trackers(asked)  # the study file's tracking.<name> is the registry's entry
-    assert type(tracker) is type(TRACKERS.get("tensorboard")(tmp_path / "tb", "tiny"))
+    assert type(tracker) is type(TRACKERS.get("tensorboard")("tiny", folder=str(tmp_path / "tb")))
 
     calls = []
 

@@ -8,7 +8,7 @@ study says ``train.augment_on: gpu``; an op without a twin always runs here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import albumentations as A
 
@@ -27,55 +27,65 @@ from hpo.data.ops import (  # noqa: F401 - PRESETS, check_preset and preset_ops 
 )
 from hpo.registry import Registry
 
-OPS: Registry = Registry("augmentation")
+# (magnitude in [0, 1], probability) -> the albumentations transform.
+OPS: Registry[Callable[[float, float], A.BasicTransform]] = Registry("augmentation")
 
 
 @OPS.register("hflip")
 def hflip(magnitude: float, p: float) -> A.BasicTransform:
+    """Horizontal flip."""
     return A.HorizontalFlip(p=p)
 
 
 @OPS.register("vflip")
 def vflip(magnitude: float, p: float) -> A.BasicTransform:
+    """Vertical flip."""
     return A.VerticalFlip(p=p)
 
 
 @OPS.register("shift_scale_rotate")
 def shift_scale_rotate(magnitude: float, p: float) -> A.BasicTransform:
+    """Shift, scale and rotate (affine), wider with the magnitude."""
     m = affine_extent(magnitude)
     return A.Affine(translate_percent=(-m / 2, m / 2), scale=(1 - m, 1 + m), rotate=(-90 * m, 90 * m), p=p)
 
 
 @OPS.register("random_resized_crop")
 def random_resized_crop(magnitude: float, p: float) -> A.BasicTransform:
+    """A random crop of at least 1 - 0.6 x magnitude of the area, resized back."""
     # Crops a share of the area then resizes back; the output size is fixed when composed.
     return A.RandomResizedCrop(size=(1, 1), scale=(crop_smallest_area(magnitude), 1.0), p=p)
 
 
 @OPS.register("brightness_contrast")
 def brightness_contrast(magnitude: float, p: float) -> A.BasicTransform:
+    """Random brightness and contrast."""
     m = brightness_contrast_limit(magnitude)
     return A.RandomBrightnessContrast(brightness_limit=m, contrast_limit=m, p=p)
 
 
 @OPS.register("hue_saturation")
 def hue_saturation(magnitude: float, p: float) -> A.BasicTransform:
+    """Random hue, saturation and value shifts."""
     hue, saturation, value = hsv_limits(magnitude)
     return A.HueSaturationValue(hue_shift_limit=hue, sat_shift_limit=saturation, val_shift_limit=value, p=p)
 
 
 @OPS.register("blur")
 def blur(magnitude: float, p: float) -> A.BasicTransform:
+    """Gaussian blur."""
     return A.GaussianBlur(sigma_limit=blur_sigma_range(magnitude), p=p)
 
 
 @OPS.register("noise")
 def noise(magnitude: float, p: float) -> A.BasicTransform:
+    """Gaussian noise."""
     return A.GaussNoise(std_range=noise_std_range(magnitude), p=p)
 
 
 @OPS.register("coarse_dropout")
 def coarse_dropout(magnitude: float, p: float) -> A.BasicTransform:
+    """Rectangular holes (cutout): up to 1 + 4 x magnitude of them."""
     side, most = dropout_holes(magnitude)
     return A.CoarseDropout(
         num_holes_range=(1, most),
@@ -87,6 +97,7 @@ def coarse_dropout(magnitude: float, p: float) -> A.BasicTransform:
 
 @OPS.register("clahe")
 def clahe(magnitude: float, p: float) -> A.BasicTransform:
+    """Local contrast equalisation (CLAHE); no batch twin: always in the loader's workers."""
     return A.CLAHE(clip_limit=(1.0, 1.0 + 5.0 * magnitude), p=p)
 
 

@@ -59,7 +59,7 @@ class Draws:
 BatchOp = Callable[[torch.Tensor, Draws], torch.Tensor]
 # What an op does to the images it is applied to: (those images, device generator) -> them changed.
 Change = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-BATCH_OPS: Registry = Registry("batch augmentation")
+BATCH_OPS: Registry[Callable[[float, float], BatchOp]] = Registry("batch augmentation")
 
 
 def _uniform(low: float | torch.Tensor, high: float | torch.Tensor, n: int, gen: torch.Generator,

@@ -17,6 +17,7 @@ SAMPLING: Registry[SamplingFactory] = Registry("sampling")
 
 @SAMPLING.register("uniform")
 def uniform(labels: np.ndarray, generator: torch.Generator) -> Sampler | None:
+    """A plain shuffle: classes drawn as often as they occur."""
     return None
 
 

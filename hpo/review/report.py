@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from hpo import keys
 from hpo.files import write_whole
+from hpo.review.html import section
 from hpo.study import COUNTED, best_value, count_states
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,6 @@ def confusion_figure(trial: optuna.trial.FrozenTrial, classes: list[str] | None)
     return figure
 
 
-def _section(title: str, body: str) -> str:
-    return f'<section><h2>{html.escape(title)}</h2>\n{body}\n</section>'
-
-
 def report_html(study: optuna.Study, classes: list[str] | None) -> str:
     trials = study.get_trials(deepcopy=False)
     counts = count_states(study, trials)
@@ -65,10 +62,10 @@ def report_html(study: optuna.Study, classes: list[str] | None) -> str:
                 warnings.simplefilter("ignore")  # experimental / few-trial notices: not the reader's concern
                 figure = plot(study)
         except Exception as e:  # noqa: BLE001 - one plot's limits must not cost the report
-            sections.append(_section(title, f'<p class="skipped">not drawn: {html.escape(str(e))}</p>'))
+            sections.append(section(title, f'<p class="skipped">not drawn: {html.escape(str(e))}</p>'))
             continue
         # plotly.js is embedded once, in the first figure: the file opens offline.
-        sections.append(_section(title, figure.to_html(full_html=False, include_plotlyjs=first)))
+        sections.append(section(title, figure.to_html(full_html=False, include_plotlyjs=first)))
         first = False
     best_line = (f"best mean CV macro F1 <b>{best:.4f}</b> (trial {study.best_trial.number})"
                  if best is not None else "no complete trial yet")

@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager
 
 import optuna
 from optuna.exceptions import StorageInternalError
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from hpo.errors import StorageError
 from hpo.settings import STORAGE as ENV_STORAGE
@@ -45,6 +45,13 @@ def backend(url: str) -> Backend:
     return STORAGES.get(scheme(url), "--storage")()
 
 
+def _lost_schema_race(error: BaseException) -> bool:
+    """Workers starting together on a new database race to create Optuna's schema: the loser's
+    CREATE TABLE or its insert of the schema version fails, and the schema is there when it
+    looks again."""
+    return isinstance(error, IntegrityError) or (isinstance(error, OperationalError) and "already exists" in str(error))
+
+
 def open_storage(
     url: str,
     heartbeat_interval: int | None = None,
@@ -64,10 +71,8 @@ def open_storage(
             callback = None
             if heartbeat_interval:
                 callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-            # Workers starting together on a new database race to create Optuna's schema; the
-            # loser's insert of the schema version fails, and the schema is there when it looks again.
             rdb = retrying(optuna.storages.RDBStorage, "connect", seconds=CONNECT_RETRY_SECONDS,
-                           retry_if=lambda e: is_transient(e) or isinstance(e, IntegrityError))(
+                           retry_if=lambda e: is_transient(e) or _lost_schema_race(e))(
                 url,
                 engine_kwargs=database.engine_kwargs(url, read_only),
                 heartbeat_interval=heartbeat_interval,

@@ -110,6 +110,8 @@ class TrainConfig:
     label_options: dict[str, Any] = knob({}, kind="labels", key="labels")
     # Batches per optimizer step: effective batch = batch_size x accumulate.
     accumulate: int = knob(1, accepts=number(1, 1024, integer=True), expected="an integer in [1, 1024]")
+    # The gradient's largest norm at each optimizer step (0: not clipped).
+    grad_clip: float = knob(0.0, accepts=number(0, 1e6), expected="a norm >= 0 (0: no clipping)")
 
     # Set by the study file's other sections, not searched.
     max_epochs: int

@@ -7,7 +7,7 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -19,75 +19,14 @@ from hpo.data.augment import build_pipeline
 from hpo.data.batch_augment import BatchAugment, split_ops
 from hpo.data.loader import train_loader
 from hpo.data.prefetch import on_device, side_stream, to_input
-from hpo.errors import ConfigError, TrainingDiverged
-from hpo.settings import settings
+from hpo.errors import TrainingDiverged
+from hpo.train.compiling import compile_backend, compiled  # noqa: F401 - compile_backend re-exported
 from hpo.train.config import TrainConfig
 from hpo.train.losses import build_criterion
+from hpo.train.mixing import Mixer
 from hpo.train.models import build_freeze, create_model, to_device
 from hpo.train.optim import Schedule, build_optimizer, build_schedule, current_lr
-
-
-@dataclass(frozen=True)
-class FoldData:
-    """Decoded uint8 NHWC images and labels of the whole set, and one fold's two sides.
-
-    ``train_labels`` (default: ``labels``) are what the model trains on, e.g. with the mask
-    format's lowered age boundary; validation always scores against the true ``labels``.
-    """
-
-    images: np.ndarray
-    labels: np.ndarray
-    train_idx: np.ndarray
-    val_idx: np.ndarray
-    num_classes: int
-    train_labels: np.ndarray | None = None
-    factors: tuple[tuple[str, int], ...] = ()
-
-    @property
-    def fit_labels(self) -> np.ndarray:
-        return self.labels if self.train_labels is None else self.train_labels
-
-    @property
-    def val_labels(self) -> np.ndarray:
-        return self.labels[self.val_idx]
-
-
-@dataclass(frozen=True)
-class EpochResult:
-    fold: int
-    epoch: int
-    train_loss: float
-    val_loss: float
-    macro_f1: float
-    accuracy: float
-    lr: float
-    images_per_second: float
-    frozen: bool = False  # the backbone was frozen this epoch (freeze: backbone / unfreeze)
-    stale_epochs: int = 0  # epochs since the best one, against the patience
-    data_wait: float = 0.0  # share of the epoch's training time spent waiting for the loader (the
-    # first epoch's includes starting its workers)
-
-
-@dataclass
-class FoldResult:
-    fold: int
-    best_f1: float = -1.0
-    best_epoch: int = -1
-    best_accuracy: float = 0.0
-    per_class_f1: list[float] = field(default_factory=list)
-    history: list[EpochResult] = field(default_factory=list)
-    best_state: dict[str, torch.Tensor] | None = None
-    best_predictions: np.ndarray | None = None  # validation predictions of the best epoch
-    val_labels: np.ndarray | None = None
-    stopped_early: int | None = None  # the epoch after which patience ran out
-
-    @property
-    def images_per_second(self) -> float:
-        return float(np.mean([e.images_per_second for e in self.history])) if self.history else 0.0
-
-    @property
-    def data_wait(self) -> float:
-        return float(np.mean([e.data_wait for e in self.history])) if self.history else 0.0
+from hpo.train.results import EpochResult, FoldData, FoldResult  # noqa: F401 - re-exported
 
 
 class WaitClock:
@@ -138,8 +77,8 @@ class Stepper:
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-                 accumulate: int, batches_per_epoch: int) -> None:
-        self.optimizer, self.scaler = optimizer, scaler
+                 accumulate: int, batches_per_epoch: int, clip: float = 0.0) -> None:
+        self.optimizer, self.scaler, self.clip = optimizer, scaler, clip
         self.accumulate, self.batches = max(1, accumulate), batches_per_epoch
         self.on_step: Callable[[], None] = lambda: None
 
@@ -157,6 +96,11 @@ class Stepper:
         else:
             self.scaler.scale(scaled).backward()
         if batch - start == group - 1:
+            if self.clip:  # on the true gradient: unscaled first (read on the device, no sync)
+                if self.scaler is not None:
+                    self.scaler.unscale_(self.optimizer)
+                params = [p for group in self.optimizer.param_groups for p in group["params"]]
+                torch.nn.utils.clip_grad_norm_(params, self.clip)
             if self.scaler is None:
                 self.optimizer.step()
             else:
@@ -164,67 +108,6 @@ class Stepper:
                 self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             self.on_step()
-
-
-def compile_backend() -> str:
-    backend = settings().compile_backend
-    if backend not in torch._dynamo.list_backends(exclude_tags=()):
-        raise ConfigError(f"HPO_COMPILE_BACKEND={backend!r}: not a torch.compile backend; use one of"
-                          f" {', '.join(torch._dynamo.list_backends())}, or unset it")
-    return backend
-
-
-_compiled_for: tuple | None = None  # what torch's compile caches hold graphs of (see compiled)
-
-
-def compiled(model: nn.Module, cfg: TrainConfig) -> nn.Module:
-    """The model's training forward, ``torch.compile``-d in ``cfg.compile`` (off: the model as it
-    is). ``HPO_COMPILE_BACKEND`` picks another backend than inductor (aot_eager checks the graph
-    without generating code).
-
-    One graph per trial (two with a freezing strategy that unfreezes): shapes are static, the
-    folds reuse it (a new model of the same config and shapes meets the same guards), and
-    evaluation, whose last batch changes from fold to fold, runs uncompiled. The caches are
-    emptied when another config comes: each shape a worker's trials sample is one more cache
-    entry of the backbone's ``forward``, and past ``recompile_limit`` (8) torch runs it
-    eagerly, silently. BENCHMARKS.md tells what dynamic shapes did to CUDA graphs."""
-    if cfg.compile == "off":
-        return model
-    global _compiled_for
-    backend = compile_backend()
-    key = (cfg, tuple(p.shape for p in model.parameters()), next(model.parameters()).device)
-    if key != _compiled_for:
-        torch.compiler.reset()
-        _compiled_for = key
-    return torch.compile(model, mode=None if cfg.compile == "default" else cfg.compile, backend=backend,
-                         dynamic=False)
-
-
-class Mixer:
-    """Batch-level mixup / cutmix: mixup with probability p_mixup, else cutmix with p_cutmix."""
-
-    def __init__(self, p_mixup: float, p_cutmix: float, seed: int) -> None:
-        self.p_mixup, self.p_cutmix = p_mixup, p_cutmix
-        self.rng = np.random.default_rng(seed)
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-        draw = self.rng.random()
-        if draw < self.p_mixup:
-            lam = float(self.rng.beta(0.4, 0.4))
-            perm = torch.randperm(len(x), device=x.device)
-            return lam * x + (1 - lam) * x[perm], y[perm], lam
-        if self.rng.random() < self.p_cutmix:
-            lam = float(self.rng.beta(1.0, 1.0))
-            h, w = x.shape[2:]
-            cut_h, cut_w = int(h * np.sqrt(1 - lam)), int(w * np.sqrt(1 - lam))
-            cy, cx = self.rng.integers(h), self.rng.integers(w)
-            y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
-            x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
-            perm = torch.randperm(len(x), device=x.device)
-            x = x.clone()
-            x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
-            return x, y[perm], 1 - (y1 - y0) * (x1 - x0) / (h * w)
-        return x, y, 1.0
 
 
 def host_batches(images: np.ndarray, indices: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
@@ -347,7 +230,7 @@ def _epochs(cfg: TrainConfig, data: FoldData, device: torch.device, seed: int) -
     optimizer = build_optimizer(cfg.optimizer.name, cfg.optimizer.args, model, cfg.lr, cfg.weight_decay)
     loader, augment = fold_batches(cfg, data.images, data.fit_labels, data.train_idx, device, seed)
     autocast, scaler = autocast_for(device)
-    stepper = Stepper(optimizer, scaler, cfg.accumulate, len(loader))
+    stepper = Stepper(optimizer, scaler, cfg.accumulate, len(loader), cfg.grad_clip)
     schedule = build_schedule(cfg.scheduler.name, cfg.scheduler.args, optimizer, stepper.steps_per_epoch,
                               cfg.max_epochs)
     stepper.on_step = schedule.after_batch

@@ -6,6 +6,8 @@ module mapping (logits, integer targets) to a scalar.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -13,17 +15,21 @@ from torch import nn
 
 from hpo.registry import Registry
 
-LOSSES: Registry = Registry("loss")
-CLASS_WEIGHTS: Registry = Registry("class weighting")
+# (class weights on the device, or None; *its arguments) -> the criterion.
+LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss")
+# (training samples per class) -> a weight per class, or None.
+CLASS_WEIGHTS: Registry[Callable[[np.ndarray], np.ndarray | None]] = Registry("class weighting")
 
 
 @LOSSES.register("cross_entropy")
 def cross_entropy(weight: torch.Tensor | None) -> nn.Module:
+    """Cross-entropy, with the class weights."""
     return nn.CrossEntropyLoss(weight=weight)
 
 
 @LOSSES.register("label_smoothing")
 def label_smoothing(weight: torch.Tensor | None, *, epsilon: float = 0.1) -> nn.Module:
+    """Cross-entropy against targets smoothed by ``epsilon``."""
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=epsilon)
 
 
@@ -48,6 +54,7 @@ class FocalLoss(nn.Module):
 
 @LOSSES.register("focal")
 def focal(weight: torch.Tensor | None, *, gamma: float = 2.0) -> nn.Module:
+    """Focal loss: cross-entropy down-weighting easy samples by (1 - p)^gamma."""
     return FocalLoss(weight, gamma)
 
 
@@ -73,11 +80,13 @@ class SoftF1Loss(nn.Module):
 
 @LOSSES.register("soft_f1")
 def soft_f1(weight: torch.Tensor | None) -> nn.Module:
+    """1 - soft macro F1 (differentiable, from the probabilities): optimises the metric itself."""
     return SoftF1Loss(weight)
 
 
 @CLASS_WEIGHTS.register("none")
 def no_weights(counts: np.ndarray) -> np.ndarray | None:
+    """Every class weighs 1."""
     return None
 
 

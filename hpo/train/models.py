@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import huggingface_hub
@@ -15,10 +16,10 @@ from torch import nn
 from hpo.errors import ConfigError, first_line
 from hpo.registry import Registry
 
-FREEZE: Registry = Registry("freeze strategy")
+FREEZE: Registry[Callable[..., FreezeStrategy]] = Registry("freeze strategy")
 # Classifier heads: a factory (timm backbone name, pretrained, classes, factors) -> nn.Module
 # whose output is one logit (or log-probability) per class.
-HEADS: Registry = Registry("model head")
+HEADS: Registry[Callable[..., nn.Module]] = Registry("model head")
 
 
 def check_backbone(name: str, key: str = "search.backbone") -> None:
@@ -200,6 +201,7 @@ def pooled_width(body: nn.Module) -> int:
 @HEADS.register("factorized")
 def factorized_head(backbone: str, pretrained: bool | str, num_classes: int, factors: tuple,
                     image_size: int | None) -> nn.Module:
+    """One head per label factor (mask, gender, age), joined into class log-probabilities."""
     check_head("factorized", factors, num_classes)
     return FactorizedModel(timm_model(backbone, pretrained, 0, image_size), tuple(size for _, size in factors))
 
@@ -233,6 +235,7 @@ class FreezeStrategy:
 
 @FREEZE.register("none")
 def no_freeze() -> FreezeStrategy:
+    """Every layer trains from the first epoch."""
     return FreezeStrategy(0)
 
 

@@ -11,8 +11,9 @@ from torch.optim import lr_scheduler as sched
 
 from hpo.registry import Registry
 
-OPTIMIZERS: Registry = Registry("optimizer")
-SCHEDULERS: Registry = Registry("scheduler")
+# (model, learning rate, weight decay, *its arguments) -> the optimizer.
+OptimizerFactory = Callable[..., Optimizer]
+OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
 
 
 def fused(model: nn.Module) -> dict[str, bool]:
@@ -25,11 +26,13 @@ def fused(model: nn.Module) -> dict[str, bool]:
 # Optimizers: timm's factory keeps weight decay off biases and norm weights.
 @OPTIMIZERS.register("adamw")
 def adamw(model: nn.Module, lr: float, weight_decay: float) -> Optimizer:
+    """AdamW (decoupled weight decay)."""
     return create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=weight_decay, **fused(model))
 
 
 @OPTIMIZERS.register("adam")
 def adam(model: nn.Module, lr: float, weight_decay: float) -> Optimizer:
+    """Adam."""
     return create_optimizer_v2(model, opt="adam", lr=lr, weight_decay=weight_decay, **fused(model))
 
 
@@ -37,6 +40,7 @@ def adam(model: nn.Module, lr: float, weight_decay: float) -> Optimizer:
 def sgd(
     model: nn.Module, lr: float, weight_decay: float, *, momentum: float = 0.9, nesterov: bool = True
 ) -> Optimizer:
+    """SGD with momentum (Nesterov's unless ``nesterov`` is false)."""
     # timm names SGD by its momentum flavour: "sgd" is Nesterov, "momentum" is classical.
     opt = "sgd" if nesterov else "momentum"
     return create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum, **fused(model))
@@ -44,11 +48,13 @@ def sgd(
 
 @OPTIMIZERS.register("rmsprop")
 def rmsprop(model: nn.Module, lr: float, weight_decay: float, *, momentum: float = 0.9) -> Optimizer:
+    """RMSprop with momentum."""
     return create_optimizer_v2(model, opt="rmsprop", lr=lr, weight_decay=weight_decay, momentum=momentum)
 
 
 @OPTIMIZERS.register("lamb")
 def lamb(model: nn.Module, lr: float, weight_decay: float) -> Optimizer:
+    """LAMB (layer-wise adaptive, for large batches)."""
     return create_optimizer_v2(model, opt="lamb", lr=lr, weight_decay=weight_decay)
 
 
@@ -90,70 +96,49 @@ class Schedule:
             self.main.step()  # type: ignore[union-attr]
 
 
-# A scheduler factory gets the optimizer, batches per epoch and epochs, and returns a Schedule.
-SchedulerFactory = Callable[..., Schedule]
+# A scheduler factory: (optimizer, batches per epoch, epochs, warmup steps, *its arguments) ->
+# (the torch scheduler, or None for a constant rate; the cadence it steps at). The warmup is
+# build_schedule's, for every entry that takes it: the factory only hears how many steps it takes.
+Interval = str  # "batch", "epoch", "plateau" (stepped on validation macro F1) or "none"
+SchedulerFactory = Callable[..., tuple[sched.LRScheduler | sched.ReduceLROnPlateau | None, Interval]]
+SCHEDULERS: Registry[SchedulerFactory] = Registry("scheduler", common={"warmup_epochs": 0.0})
 
 
 @SCHEDULERS.register("constant")
-def constant(
-    optimizer: Optimizer, steps_per_epoch: int, epochs: int, *, warmup_epochs: float = 0.0
-) -> Schedule:
-    return Schedule(optimizer, None, "none", round(warmup_epochs * steps_per_epoch))
+def constant(optimizer: Optimizer, steps_per_epoch: int, epochs: int, warmup: int) -> tuple[None, Interval]:
+    """The optimizer's learning rate throughout (after the warmup)."""
+    return None, "none"
 
 
 @SCHEDULERS.register("step")
-def step(
-    optimizer: Optimizer,
-    steps_per_epoch: int,
-    epochs: int,
-    *,
-    step_epochs: int = 2,
-    gamma: float = 0.5,
-    warmup_epochs: float = 0.0,
-) -> Schedule:
-    main = sched.StepLR(optimizer, step_size=step_epochs, gamma=gamma)
-    return Schedule(optimizer, main, "epoch", round(warmup_epochs * steps_per_epoch))
+def step(optimizer: Optimizer, steps_per_epoch: int, epochs: int, warmup: int, *, step_epochs: int = 2,
+         gamma: float = 0.5) -> tuple[sched.LRScheduler, Interval]:
+    """The rate times ``gamma`` every ``step_epochs`` epochs."""
+    return sched.StepLR(optimizer, step_size=step_epochs, gamma=gamma), "epoch"
 
 
 @SCHEDULERS.register("cosine")
-def cosine(
-    optimizer: Optimizer,
-    steps_per_epoch: int,
-    epochs: int,
-    *,
-    min_lr_ratio: float = 0.01,
-    warmup_epochs: float = 0.0,
-) -> Schedule:
-    warmup = round(warmup_epochs * steps_per_epoch)
+def cosine(optimizer: Optimizer, steps_per_epoch: int, epochs: int, warmup: int, *,
+           min_lr_ratio: float = 0.01) -> tuple[sched.LRScheduler, Interval]:
+    """Cosine decay, batch by batch, to ``min_lr_ratio`` of the rate at the last step."""
     total = max(1, epochs * steps_per_epoch - warmup)
     eta_min = optimizer.param_groups[0]["lr"] * min_lr_ratio
-    main = sched.CosineAnnealingLR(optimizer, T_max=total, eta_min=eta_min)
-    return Schedule(optimizer, main, "batch", warmup)
+    return sched.CosineAnnealingLR(optimizer, T_max=total, eta_min=eta_min), "batch"
 
 
 @SCHEDULERS.register("plateau")
-def plateau(
-    optimizer: Optimizer,
-    steps_per_epoch: int,
-    epochs: int,
-    *,
-    factor: float = 0.5,
-    patience: int = 1,
-    warmup_epochs: float = 0.0,
-) -> Schedule:
-    # Stepped on validation macro F1, which we maximise.
-    main = sched.ReduceLROnPlateau(optimizer, mode="max", factor=factor, patience=patience)
-    return Schedule(optimizer, main, "plateau", round(warmup_epochs * steps_per_epoch))
+def plateau(optimizer: Optimizer, steps_per_epoch: int, epochs: int, warmup: int, *, factor: float = 0.5,
+            patience: int = 1) -> tuple[sched.ReduceLROnPlateau, Interval]:
+    """The rate times ``factor`` when validation macro F1 stops rising for ``patience`` epochs."""
+    return sched.ReduceLROnPlateau(optimizer, mode="max", factor=factor, patience=patience), "plateau"
 
 
-@SCHEDULERS.register("onecycle")
-def onecycle(optimizer: Optimizer, steps_per_epoch: int, epochs: int, *, pct_start: float = 0.3) -> Schedule:
-    # One-cycle has its own warmup (pct_start); the optimizer's lr is its peak.
+@SCHEDULERS.register("onecycle", common=False)  # one-cycle has its own warmup: pct_start
+def onecycle(optimizer: Optimizer, steps_per_epoch: int, epochs: int, warmup: int, *,
+             pct_start: float = 0.3) -> tuple[sched.LRScheduler, Interval]:
+    """Up to the optimizer's rate (its peak) for ``pct_start`` of the run, then down."""
     max_lr = [group["lr"] for group in optimizer.param_groups]
-    main = sched.OneCycleLR(
-        optimizer, max_lr=max_lr, total_steps=epochs * steps_per_epoch, pct_start=pct_start
-    )
-    return Schedule(optimizer, main, "batch")
+    return sched.OneCycleLR(optimizer, max_lr=max_lr, total_steps=epochs * steps_per_epoch, pct_start=pct_start), "batch"
 
 
 def build_optimizer(name: str, args: dict, model: nn.Module, lr: float, weight_decay: float) -> Optimizer:
@@ -163,7 +148,12 @@ def build_optimizer(name: str, args: dict, model: nn.Module, lr: float, weight_d
 def build_schedule(
     name: str, args: dict, optimizer: Optimizer, steps_per_epoch: int, epochs: int
 ) -> Schedule:
-    return SCHEDULERS.get(name)(optimizer, steps_per_epoch, epochs, **args)
+    """The scheduler entry ``name`` with its arguments, after a linear warmup of ``warmup_epochs``
+    (every entry that takes it), applied here once for all."""
+    own, common = SCHEDULERS.split(name, args)
+    warmup = round(common.get("warmup_epochs", 0.0) * steps_per_epoch)
+    main, interval = SCHEDULERS.get(name)(optimizer, steps_per_epoch, epochs, warmup, **own)
+    return Schedule(optimizer, main, interval, warmup)
 
 
 def current_lr(optimizer: Optimizer) -> float:

@@ -12,7 +12,7 @@ import torch
 from hpo.data.folds import make_fold_plan
 from hpo.data.formats import load_table
 from hpo.data.formats.mask import CLASSES, FACTORS, encode
-from hpo.errors import ConfigError, DataError
+from hpo.errors import DataError
 from hpo.train.losses import FactorizedLoss, build_criterion
 from hpo.train.models import FactorizedModel, create_model
 
@@ -139,20 +139,3 @@ def test_a_factorized_head_fits_a_backbone_with_a_pre_logits_layer():
     model = create_model("mobilenetv3_small_050", False, 18, "factorized", FACTORS)
     assert model.body.num_features != model.head.in_features == 1024
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 18)
-
-
-def test_a_head_that_does_not_fit_its_backbone_is_refused_before_the_study(mask_archive, tmp_path, monkeypatch):
-    """Every (backbone, head) pair the space allows runs once at start-up, as a trial builds it."""
-    from hpo.config import parse_spec
-    from hpo.study import prepare
-    from hpo.train import models
-    from tests.conftest import tiny_mask_study
-
-    raw = tiny_mask_study(mask_archive.root, tmp_path)
-    raw["search"]["backbone"] = {"choices": ["test_resnet", "mobilenetv3_small_050"]}
-    spec = parse_spec(raw)
-    prepare(spec)  # both backbones, both heads
-    monkeypatch.setattr(models, "pooled_width", lambda body: body.num_features)  # the old sizing
-    with pytest.raises(ConfigError, match="search.backbone: mobilenetv3_small_050 with the factorized head does not"
-                                          " run on 32 px images .*mat1 and mat2 shapes cannot be multiplied"):
-        prepare(spec)

@@ -267,3 +267,20 @@ def test_a_read_only_storage_writes_nothing(tmp_path):
         reader.set_study_user_attr(reader.get_study_id_from_name("s"), "note", "x")
     assert database_reason(info.value) == "attempt to write a readonly database"
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.suffix == ".db"} == files
+
+
+def test_workers_racing_to_create_the_schema_all_open_it(tmp_path):
+    """A permanent SQLite error is not retried, but losing the race to create Optuna's tables
+    (another process created them first: "already exists") is, when opening a storage."""
+    import sqlite3
+
+    from hpo.storage import _lost_schema_race
+
+    path = tmp_path / "race.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE trial_heartbeats (x)")
+        try:
+            connection.execute("CREATE TABLE trial_heartbeats (x)")
+        except sqlite3.OperationalError as e:
+            error = OperationalError("CREATE TABLE", {}, e)
+    assert not is_transient(error) and _lost_schema_race(error)

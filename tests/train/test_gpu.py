@@ -18,7 +18,7 @@ from hpo.data.folds import make_fold_plan
 from hpo.data.formats import load_table
 from hpo.data.loader import loader_workers
 from hpo.objective import Objective
-from hpo.train import loop
+from hpo.train import compiling, loop
 from hpo.train.config import AugmentOp, Component
 from hpo.train.loop import autocast_for, fit_fold
 from hpo.train.optim import build_optimizer
@@ -74,7 +74,7 @@ def test_cuda_graphs_serve_every_fold_and_the_next_trial(data, monkeypatch):
     # A trial's folds reuse its graph with each fold's new model (its parameters elsewhere in
     # memory: the graphs are recorded again); a trial of another batch size starts from empty caches.
     monkeypatch.delenv("HPO_COMPILE_BACKEND", raising=False)
-    monkeypatch.setattr(loop, "_compiled_for", None)
+    monkeypatch.setattr(compiling, "_compiled_for", None)
     first = config(max_epochs=3, lr=1e-2, compile="reduce-overhead")
     for cfg, fold, compiles in [(first, 0, 1), (first, 1, 0), (replace(first, batch_size=12), 0, 1)]:
         graphs, result = fit_counting_graphs(cfg, data, GPU, fold)

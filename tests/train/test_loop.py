@@ -17,7 +17,7 @@ from hpo.data.augment import build_pipeline
 from hpo.data.loader import AugmentedImages
 from hpo.errors import ConfigError, TrainingDiverged
 from hpo.progress import waiting
-from hpo.train import loop
+from hpo.train import compiling, loop
 from hpo.train.config import AugmentOp, Component, TrainConfig
 from hpo.train.loop import fit_fold, predict_logits
 from hpo.train.models import create_model
@@ -306,13 +306,13 @@ def test_missing_weights_file_is_a_config_error(tmp_path):
         create_model("test_resnet", str(tmp_path), num_classes=3)
 
 
-def _updates(batches, accumulate):
+def _updates(batches, accumulate, clip=0.0):
     """Parameter change after a Stepper runs ``batches`` with SGD(lr=1): minus the gradient."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
     before = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    stepper = loop.Stepper(optimizer, None, accumulate, len(batches))
+    stepper = loop.Stepper(optimizer, None, accumulate, len(batches), clip)
     steps = []
     stepper.on_step = lambda: steps.append(1)
     for i, (x, y) in enumerate(batches):
@@ -364,7 +364,7 @@ def test_a_worker_compiles_each_config_once_however_many_came_before(data, monke
     # A worker's trials sample batch sizes; each shape was one more entry in the cache of the
     # backbone's forward, and torch runs it eagerly, silently, once the cache is full.
     monkeypatch.setenv("HPO_COMPILE_BACKEND", "aot_eager")
-    monkeypatch.setattr(loop, "_compiled_for", None)
+    monkeypatch.setattr(compiling, "_compiled_for", None)
 
     def new_graphs(cfg: TrainConfig) -> int:
         return fit_counting_graphs(cfg, data, CPU)[0]
@@ -391,3 +391,22 @@ def test_mixup_and_cutmix_mix_labels_in_the_share_of_their_pixels():
                 assert (cut[i] == y_other[i]).float().mean() == pytest.approx(1 - lam)
                 assert (cut[i] == i).float().mean() == pytest.approx(lam)
     assert loop.Mixer(0.0, 0.0, seed=0)(x, y) == (x, y, 1.0)
+
+
+def test_gradient_clipping_caps_the_steps_norm_and_is_searchable(image_root, tmp_path):
+    """grad_clip: a searched hyperparameter added as one TrainConfig field and its use here."""
+    import optuna
+
+    from hpo.config import parse_spec, trial_config
+    from tests.conftest import tiny_study
+
+    generator = torch.Generator().manual_seed(1)
+    batch = [(torch.randn(32, 2, 2, 3, generator=generator) * 50, torch.randint(0, 3, (32,), generator=generator))]
+    free, _ = _updates(batch, accumulate=1)
+    clipped, _ = _updates(batch, accumulate=1, clip=0.1)
+    norm = lambda update: float(torch.sqrt(sum((u**2).sum() for u in update)))  # noqa: E731
+    assert norm(free) > 0.5 and norm(clipped) == pytest.approx(0.1, rel=1e-4)
+    spec = parse_spec(tiny_study(image_root, tmp_path, search__grad_clip={"choices": [0.0, 1.0]}))
+    trial = optuna.create_study().ask()
+    assert trial_config(trial, spec).grad_clip == trial.params["grad_clip"] in (0.0, 1.0)
+

@@ -264,14 +264,6 @@ def test_a_resumed_or_second_run_samples_new_configurations(image_root, tmp_path
     assert at_once.trials[1].params != second
 
 
-def test_every_process_on_a_study_gets_its_own_sampler_seed(image_root, tmp_path):
-    spec = parse_spec(tiny_study(image_root, tmp_path, seed=7))
-    url = f"sqlite:///{tmp_path / 's.db'}"
-    seeds = [study.seed_sampler(connect(spec, url)) for _ in range(3)]
-    assert seeds[0] == 7 and len(set(seeds)) == 3
-    assert seeds == [study.session_seed(7, session) for session in range(3)]  # reproducible in turn
-
-
 def test_a_worker_waiting_on_a_lost_trial_says_what_it_waits_for(image_root, tmp_path):
     """A resume after a crash: the budget's last place is held by a trial whose worker is gone.
     The worker says what it waits for and when that trial is failed, instead of sitting silent."""

@@ -23,7 +23,7 @@ from sklearn.metrics import confusion_matrix
 from hpo.config import StudySpec
 from hpo.errors import ConfigError
 from hpo.settings import settings
-from hpo.train.loop import FoldResult
+from hpo.train.results import FoldResult
 
 log = logging.getLogger(__name__)
 ENV_ARTIFACTS = "HPO_ARTIFACTS"
@@ -92,7 +92,7 @@ class TrialReview:
 def upload_review(trial: optuna.Trial, store, review: TrialReview) -> list[str]:  # noqa: ANN001
     """Draw and upload the trial's artifacts; returns their file names. A failing store costs the
     artifacts, never the trial."""
-    from hpo.review.figures import confusion_png, curves_png, per_class_rows, rows_csv
+    from hpo.records.figures import confusion_png, curves_png, per_class_rows, rows_csv
 
     if not review.has_predictions:
         return []

@@ -1,8 +1,5 @@
-"""Experiment trackers: thin callbacks that follow each trial's training, one registry entry each.
-
-A tracker hears a trial start, every epoch of every fold, each fold's end and the trial's end;
-it never decides anything. TensorBoard (``tracking.tensorboard`` in the study file, or
-``hpo run --tensorboard DIR``) writes one run per trial and fold::
+"""TensorBoard (``tracking.tensorboard`` in the study file, or ``hpo run --tensorboard DIR``):
+one run per trial and fold::
 
     DIR/<study>/trial-0007/fold-0     loss/train, loss/val, macro_f1/val, accuracy/val, lr,
                                       images_per_second, data_wait (share of the epoch
@@ -21,27 +18,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from hpo.registry import Registry
+from hpo.tracking.base import TRACKERS, Tracker
 from hpo.train.config import TrainConfig
-from hpo.train.loop import EpochResult, FoldResult
-
-TRACKERS: Registry = Registry("tracker")
-
-
-class Tracker:
-    """Base class: every hook is optional. ``trial`` is the Optuna trial number."""
-
-    def trial_started(self, trial: int, params: dict[str, Any], config: TrainConfig) -> None:
-        pass
-
-    def epoch(self, trial: int, result: EpochResult) -> None:
-        pass
-
-    def fold_ended(self, trial: int, result: FoldResult, patience: int | None) -> None:
-        pass
-
-    def trial_ended(self, trial: int, state: str, value: float | None, reason: str | None) -> None:
-        pass
+from hpo.train.results import EpochResult, FoldResult
 
 
 class TensorBoardTracker(Tracker):
@@ -110,14 +89,6 @@ class TensorBoardTracker(Tracker):
 
 
 @TRACKERS.register("tensorboard")
-def tensorboard(folder: Path, study: str) -> Tracker:
-    return TensorBoardTracker(folder, study)
-
-
-def build_trackers(spec: Any) -> list[Tracker]:
-    """The trackers a study file asks for (``tracking:``), each by its registry entry."""
-    wanted = {name: value for name, value in spec.tracking.model_dump().items() if value}
-    return [TRACKERS.get(name, f"tracking.{name}")(value, spec.name) for name, value in wanted.items()]
-
-
-__all__ = ["TRACKERS", "Tracker", "build_trackers"]
+def tensorboard(study: str, *, folder: str = "runs/tensorboard") -> Tracker:
+    """TensorBoard event files: one run per trial and fold under FOLDER/<study> (tensorboard --logdir FOLDER)."""
+    return TensorBoardTracker(Path(folder), study)

@@ -14,7 +14,7 @@ from optuna_dashboard import get_note
 
 from hpo.config import parse_spec
 from hpo.errors import ConfigError
-from hpo.review.artifacts import artifact_location, open_artifact_store
+from hpo.records.artifacts import artifact_location, open_artifact_store
 from tests.conftest import CLASSES, PER_CLASS, tiny_study
 
 EXPECTED = {"confusion_matrix.png": "image/png", "per_class.csv": "text/csv", "learning_curves.png": "image/png"}

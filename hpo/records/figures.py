@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_fscore_support  # noqa: E402
 
-from hpo.train.loop import EpochResult  # noqa: E402
+from hpo.train.results import EpochResult  # noqa: E402
 
 
 def confusion_png(matrix: np.ndarray, classes: Sequence[str], path: Path, title: str) -> Path:
