@@ -71,7 +71,7 @@ class Export:
                 "fold_plan": self.fold_plan, "trials": [t.to_dict() for t in self.trials], "spec": self.spec}
 
 
-def _exported(trial: FrozenTrial, spec: StudySpec) -> ExportedTrial:
+def exported(trial: FrozenTrial, spec: StudySpec) -> ExportedTrial:
     attrs = trial.user_attrs
     return ExportedTrial(
         trial=trial.number, state=trial.state.name, value=trial.value,
@@ -105,7 +105,7 @@ def export_study(study: optuna.Study, trial: int | None = None, top_k: int = 1) 
     chosen = choose_trials(study, trial, top_k)
     return Export(study=study.study_name, spec=attrs[keys.SPEC], data_fingerprint=attrs[keys.DATA_FINGERPRINT],
                   fold_plan=plan_digest(np.asarray(attrs[keys.FOLD_PLAN])),
-                  trials=[_exported(t, spec) for t in chosen])
+                  trials=[exported(t, spec) for t in chosen])
 
 
 def write_export(export: Export, path: Path) -> Path:

@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from hpo.data.table import ImageTable
 from hpo.errors import ConfigError, DataError
 from hpo.export import Export, ExportedTrial
 from hpo.study import prepare
+from hpo.train.checkpoint import save_checkpoint
 from hpo.train.config import AUGMENT_ON, TrainConfig
 from hpo.train.loop import fit_fold
 from hpo.train.losses import CLASS_WEIGHTS, LOSSES
@@ -63,11 +64,6 @@ def full_data_config(cfg: TrainConfig, best_epochs: list[int]) -> TrainConfig:
     """All data, no validation: train for the epoch count the folds found best."""
     epochs = int(np.median(best_epochs)) + 1 if best_epochs else cfg.max_epochs
     return dataclasses.replace(cfg, max_epochs=epochs, patience=None)
-
-
-def save_checkpoint(path: Path, cfg: TrainConfig, classes: tuple[str, ...], state: dict[str, torch.Tensor],
-                    meta: dict[str, Any]) -> None:
-    torch.save({"state_dict": state, "config": cfg.to_dict(), "classes": list(classes), **meta}, path)
 
 
 def train_final(
@@ -148,7 +144,6 @@ def _save(folder: Path, exported: ExportedTrial, cfg: TrainConfig, table: ImageT
     name = f"trial{exported.trial}-{'full' if fold is None else f'fold{fold}'}.pt"
     f1 = None if fold is None else round(result.best_f1, 5)
     assert result.best_state is not None
-    save_checkpoint(folder / name, cfg, table.classes, result.best_state,
-                    {"trial": exported.trial, "fold": fold, "epoch": result.best_epoch, "f1": f1,
-                     "factors": [list(f) for f in table.factors]})
+    save_checkpoint(folder / name, cfg, table.classes, result.best_state, table.factors,
+                    {"trial": exported.trial, "fold": fold, "epoch": result.best_epoch, "f1": f1})
     return TrainedModel(name, exported.trial, fold, result.best_epoch + 1, f1)

@@ -8,9 +8,13 @@ over folds of each fold's best macro F1.
 
 from __future__ import annotations
 
+import logging
+import tempfile
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -19,17 +23,21 @@ import torch
 from hpo import keys
 from hpo.config import StudySpec, trial_config
 from hpo.data.cache import decoded
-from hpo.data.folds import iter_folds
+from hpo.data.folds import iter_folds, plan_digest
 from hpo.data.table import ImageTable
 from hpo.errors import TrainingDiverged
 from hpo.records.artifacts import TrialReview, artifact_location, open_artifact_store, upload_review
+from hpo.records.models import KeptTrial, keep_if_best, may_enter, stage_fold, upload_fold_models
 from hpo.records.note import save_trial_note
+from hpo.records.oof import upload_oof
 from hpo.strategy import report_step, reports_per_fold
 from hpo.system import pick_device, release_device_memory
 from hpo.tracking import build_trackers
 from hpo.train.config import TrainConfig
 from hpo.train.loop import fit_fold
 from hpo.train.results import EpochResult, FoldData, FoldResult
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,10 +57,12 @@ class Objective:
         plan: np.ndarray,
         device: torch.device | None = None,
         on_epoch: Callable[[EpochEvent], None] | None = None,
+        lock: Callable[[], AbstractContextManager] = nullcontext,
     ) -> None:
+        """``lock``: the study lock (hpo.study.StudyHandle.lock), which guards the kept models."""
         self.spec, self.table, self.plan = spec, table, plan
         self.device = device or pick_device()
-        self.on_epoch = on_epoch
+        self.on_epoch, self.lock = on_epoch, lock
         self.artifacts = open_artifact_store(artifact_location(spec))
         self.trackers = build_trackers(spec)
 
@@ -78,6 +88,10 @@ class Objective:
             release_device_memory()
 
     def _run(self, trial: optuna.Trial, cfg: TrainConfig) -> float:
+        with tempfile.TemporaryDirectory(prefix=f"hpo-trial{trial.number}-") as staging:  # fold models to keep
+            return self._run_in(trial, cfg, Path(staging))
+
+    def _run_in(self, trial: optuna.Trial, cfg: TrainConfig, staging: Path) -> float:
         started = time.perf_counter()
         trial.set_user_attr(
             keys.DEVICE,
@@ -88,8 +102,9 @@ class Objective:
         # Artifacts are drawn only for a trial that ended (complete, pruned, diverged, out of
         # memory): a worker being stopped must fail and re-enqueue its trial at once.
         ended = False
+        staged: dict[int, Path] = {}
         try:
-            self._train_folds(trial, cfg, folds)
+            self._train_folds(trial, cfg, folds, staging, staged)
             ended = True
         except optuna.TrialPruned:
             ended = True
@@ -110,9 +125,31 @@ class Objective:
                       f" image_size {cfg.image_size} on {self.device}")
             trial.set_user_attr(keys.PRUNE_REASON, reason)
             raise optuna.TrialPruned(reason)
-        return float(np.mean([f.best_f1 for f in folds]))
+        value = float(np.mean([f.best_f1 for f in folds]))
+        self._keep(trial, folds, value, staged)
+        return value
 
-    def _train_folds(self, trial: optuna.Trial, cfg: TrainConfig, folds: list[FoldResult]) -> None:
+    def _keep(self, trial: optuna.Trial, folds: list[FoldResult], value: float, staged: dict[int, Path]) -> None:
+        """What a complete trial leaves for the ensemble: its out-of-fold probabilities, and its
+        fold models while it is among the best ``models.keep``. A failing store costs them, never
+        the trial (the ensemble then leaves the trial out, or `hpo train` rebuilds its models)."""
+        try:
+            trial.set_user_attr(keys.OOF, upload_oof(
+                trial, self.artifacts, folds, self.plan, self.table.labels, self.table.fingerprint(),
+                plan_digest(self.plan), self.table.num_classes))
+            keep = self.spec.models.keep
+            if staged and may_enter(trial.study, value, keep):
+                entry = KeptTrial(trial.number, value, upload_fold_models(trial, self.artifacts, staged))
+                keep_if_best(trial.study, self.artifacts, entry, keep, self.lock)
+        except Exception as e:  # noqa: BLE001 - for the ensemble; the trial's result matters more
+            log.warning("trial %d: out-of-fold predictions or fold models not stored (%s: %s)",
+                        trial.number, type(e).__name__, e)
+
+    def _train_folds(self, trial: optuna.Trial, cfg: TrainConfig, folds: list[FoldResult], staging: Path,
+                     staged: dict[int, Path]) -> None:
+        """Every fold in turn; with ``models.keep``, each finished fold's best weights are
+        written to ``staging`` (into ``staged``) at once, not held in memory for the trial."""
+        keep = self.spec.models.keep > 0
         images = decoded(self.table, cfg.image_size, cfg.crop)
         train_labels = self.table.training_labels(cfg.label_options)
         per_fold = reports_per_fold(self.spec.pruner.type)
@@ -121,7 +158,10 @@ class Objective:
                             train_labels, self.table.factors)
             folds.append(FoldResult(fold))  # filled as it trains: a pruned fold keeps its epochs
             fit_fold(cfg, data, self.device, fold, self._reporter(trial, cfg.max_epochs, per_fold),
-                     into=folds[-1])
+                     keep_best_state=keep, into=folds[-1])
+            if keep and folds[-1].best_state is not None:
+                staged[fold] = stage_fold(staging, trial.number, folds[-1], cfg, self.table.classes,
+                                          self.table.factors)
             for tracker in self.trackers:
                 tracker.fold_ended(trial.number, folds[-1], cfg.patience)
             if per_fold:

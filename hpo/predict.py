@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from hpo.data.table import resize_image
 from hpo.errors import DataError
 from hpo.files import write_whole
 from hpo.final import MANIFEST, check_config
+from hpo.train.checkpoint import load_checkpoint
 from hpo.train.config import TrainConfig
 from hpo.train.loop import autocast_for
 from hpo.train.models import create_model, to_device
@@ -39,6 +41,7 @@ class LoadedModel:
     name: str
     config: TrainConfig
     model: nn.Module
+    weight: float = 1.0  # its share of the vote (an ensemble member's weight over its folds)
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,38 @@ class Inputs:
     paths: list[Path]
     rows: list[dict[str, str]] | None = None  # the eval listing's rows, in order
     columns: list[str] | None = None
+
+
+def load_source(source: Path, device: torch.device) -> tuple[list[LoadedModel], list[str], np.ndarray | None]:
+    """Every model a `hpo train` run saved in ``source`` (a folder), or an ensemble's fold models
+    (``source``: the file `hpo ensemble` wrote); the class names; the ensemble's offsets."""
+    from hpo.ensemble import is_ensemble_file
+
+    if is_ensemble_file(source):
+        return load_ensemble(Path(source), device)
+    models, classes = load_models(Path(source), device)
+    return models, classes, None
+
+
+def load_ensemble(path: Path, device: torch.device) -> tuple[list[LoadedModel], list[str], np.ndarray | None]:
+    """An ensemble's members' fold models, each weighted by its member's weight over its folds."""
+    from hpo.ensemble import read_ensemble
+    from hpo.ensemble.checkpoints import member_checkpoints, problems
+
+    ensemble = read_ensemble(path)
+    if found := problems(ensemble):
+        listed = "; ".join(f"trial {trial}: {why}" for trial, why in sorted(found.items()))
+        raise DataError(f"--model {path}: {len(found)} member(s) cannot predict ({listed}); train them with"
+                        f" hpo train --config {path}")
+    fix = f"train it again with hpo train --config {path}"
+    models = []
+    for member in ensemble.members:
+        for name, content in member_checkpoints(ensemble, member):
+            loaded = _load_model(Path(name), device, content, fix)
+            loaded.weight = member.weight / len(member.checkpoints)
+            models.append(loaded)
+    offsets = np.asarray(ensemble.offsets, dtype=np.float64) if ensemble.offsets else None
+    return models, list(ensemble.classes), offsets
 
 
 def load_models(folder: Path, device: torch.device) -> tuple[list[LoadedModel], list[str]]:
@@ -66,22 +101,21 @@ def load_models(folder: Path, device: torch.device) -> tuple[list[LoadedModel], 
     return [_load_model(folder / name, device) for name in files], classes
 
 
-def _load_model(path: Path, device: torch.device) -> LoadedModel:
+def _load_model(path: Path, device: torch.device, source: Path | BinaryIO | None = None,
+                fix: str = "train again with hpo train") -> LoadedModel:
+    """The model of a checkpoint (``source``: its bytes, when not read from ``path``)."""
     try:  # a damaged file raises many types (unpickling, zip, key errors); all mean the same here
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        cfg = TrainConfig.from_dict(checkpoint["config"])
-        classes, state = checkpoint["classes"], checkpoint["state_dict"]
-        factors = tuple(tuple(f) for f in checkpoint.get("factors", []))
+        cfg, classes, state, factors = load_checkpoint(source if source is not None else path)
     except Exception as e:
-        raise DataError(f"--model: cannot load {path} ({type(e).__name__}: {e}); train again with hpo train") from None
+        raise DataError(f"--model: cannot load {path} ({type(e).__name__}: {e}); {fix}") from None
     check_config(cfg, str(path))
     model = create_model(cfg.backbone, False, len(classes), cfg.head, factors, cfg.image_size)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         reason = str(e).splitlines()[1 if len(str(e).splitlines()) > 1 else 0].strip()
-        raise DataError(f"--model: {path} does not fit its own config ({reason}); train again with hpo train") from None
-    return LoadedModel(path.name, cfg, to_device(model, device).eval())
+        raise DataError(f"--model: {path} does not fit its own config ({reason}); {fix}") from None
+    return LoadedModel(Path(path).name, cfg, to_device(model, device).eval())
 
 
 def find_inputs(data: Path) -> Inputs:
@@ -130,7 +164,8 @@ def predict_probabilities(
     batch_size: int = 64,
     on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Softmax probabilities (N, classes), averaged over models (and flips with ``tta``)."""
+    """Softmax probabilities (N, classes), averaged over models by their weights (and over flips
+    with ``tta``)."""
     autocast, _ = autocast_for(device)
     outputs = []
     for images in _batches(paths, batch_size):
@@ -145,8 +180,9 @@ def predict_probabilities(
             for view in views:
                 with autocast():
                     probs = loaded.model(view).float().softmax(1)
+                probs = probs * loaded.weight
                 total = probs if total is None else total + probs
-        outputs.append((total / (len(models) * (2 if tta else 1))).cpu().numpy())
+        outputs.append((total / (sum(m.weight for m in models) * (2 if tta else 1))).cpu().numpy())
         if on_batch:
             on_batch(len(images))
     return np.concatenate(outputs)
@@ -177,10 +213,13 @@ class Prediction:
     probabilities: np.ndarray
     classes: list[str]
     models: int
+    offsets: np.ndarray | None = None  # an ensemble's per-class offsets to the log-probabilities
 
     @property
     def predicted(self) -> np.ndarray:
-        return self.probabilities.argmax(1)
+        from hpo.ensemble.select import decide
+
+        return decide(self.probabilities, self.offsets)
 
     def counts(self) -> dict[str, int]:
         """Predictions per class, the classes predicted at least once."""
@@ -199,18 +238,19 @@ def predict_folder(
     on_start: Callable[[int, int, torch.device], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> Prediction:
-    """The models `hpo train` saved in ``model``, soft-voting on the images of ``data``; the
-    submission CSV written whole to ``output``. ``on_start(images, models, device)`` hears them
+    """The models `hpo train` saved in ``model`` (a folder), or an ensemble's (``model``: the file
+    `hpo ensemble` wrote), soft-voting on the images of ``data``; the submission CSV written
+    whole to ``output``. ``on_start(images, models, device)`` hears them
     before the first batch, ``on_batch(n)`` each batch."""
     from hpo.system import pick_device
 
     device = device or pick_device()
-    models, classes = load_models(model, device)
+    models, classes, offsets = load_source(model, device)
     inputs = find_inputs(data)
     if on_start is not None:
         on_start(len(inputs.ids), len(models), device)
     probabilities = predict_probabilities(models, inputs.paths, device, tta, batch_size, on_batch)
-    result = Prediction(inputs, probabilities, classes, len(models))
+    result = Prediction(inputs, probabilities, classes, len(models), offsets)
     write_submission(inputs, result.predicted, output, classes if class_names else None)
     return result
 

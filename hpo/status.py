@@ -13,6 +13,8 @@ from rich.text import Text
 from hpo import keys
 from hpo.config import StudySpec
 from hpo.errors import StorageError
+from hpo.records.artifacts import artifact_location
+from hpo.records.models import kept
 from hpo.storage import open_storage, redact, require_database
 from hpo.study import COUNTED, best_value, count_states, storage_url, stored_budget, trials_done
 
@@ -64,4 +66,15 @@ def study_status(spec: StudySpec, url: str | None = None) -> list[object]:
             continue  # old history: keep the table short
         workers.add_row(key.removeprefix(keys.WORKER_PREFIX), info.get("device", "?"), state,
                         str(info.get("trial") if info.get("trial") is not None else "-"), f"{age:.0f}s ago")
-    return [head, running, workers]
+    return [head, running, workers, kept_line(study, spec)]
+
+
+def kept_line(study: optuna.Study, spec: StudySpec) -> Text:
+    """The fold models kept for the ensemble, and the disk they take."""
+    entries = kept(study)
+    if not entries:
+        return Text(f"kept fold models: none (models.keep: {spec.models.keep})")
+    size = sum(k.bytes for k in entries) / 2**20
+    files = sum(len(k.checkpoints) for k in entries)
+    return Text(f"kept fold models: trials {', '.join(str(k.trial) for k in entries)} (best first, models.keep:"
+                f" {spec.models.keep}), {files} files, {size:.1f} MB in {artifact_location(spec)}")

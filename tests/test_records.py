@@ -32,8 +32,11 @@ def test_each_complete_trial_has_confusion_matrix_table_and_curves(finished_stud
     assert len(complete) == 3
     for trial in complete:
         metas = get_all_artifact_meta(trial, storage=study._storage)
-        assert {m.filename: m.mimetype for m in metas} == EXPECTED
-        for meta in metas:
+        # Besides the review's three: the out-of-fold probabilities (kept fold models are listed apart).
+        review = [m for m in metas if m.filename in EXPECTED]
+        assert {m.filename: m.mimetype for m in review} == EXPECTED
+        assert sorted(m.filename for m in metas if m not in review) == ["oof_probabilities.npz"]
+        for meta in review:
             data = read_artifact(store, meta.artifact_id)
             if meta.mimetype == "image/png":
                 assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5_000

@@ -47,12 +47,14 @@ def export(
 @app.command()
 @user_errors
 def train(
-    config: Annotated[Path, typer.Option("--config", "-c", help="A file written by hpo export")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="A file written by hpo export, or by hpo ensemble")],
     out: Annotated[Path | None, typer.Option(help="Folder for the models (default: runs/<study>/final)")] = None,
     mode: Annotated[str, typer.Option(help="folds: the K fold models (an ensemble); full: one model on all data")] = "folds",
     set_: SetOpt = None,
 ) -> None:
-    """Train the final model(s) of an export and save them with their config."""
+    """Train the final model(s) of an export and save them with their config; for an ensemble
+    file, the fold models of its members that have none (the study did not keep them)."""
+    from hpo.ensemble import is_ensemble_file
     from hpo.errors import ConfigError
     from hpo.export import read_export
     from hpo.final import train_final
@@ -60,29 +62,91 @@ def train(
 
     if mode not in ("folds", "full"):
         raise ConfigError(f"--mode {mode!r}: use folds or full")
-    exported = read_export(config)
-    spec = exported.study_spec(set_ or [])
-    out = out or spec.outputs / "final"
     device = pick_device()
-    console.print(f"training {len(exported.trials)} trial(s) of study {exported.study} ({mode}) on {device}")
 
     def on_epoch(t, e) -> None:  # noqa: ANN001
         f1 = "" if e.macro_f1 != e.macro_f1 else f" val F1 {e.macro_f1:.4f}"  # NaN: no validation
         console.print(f"trial {t.trial} fold {e.fold} epoch {e.epoch}: loss {e.train_loss:.4f}{f1}", highlight=False)
 
+    if is_ensemble_file(config):
+        _complete_ensemble(config, out, mode, device, set_ or [], on_epoch)
+        return
+    exported = read_export(config)
+    spec = exported.study_spec(set_ or [])
+    out = out or spec.outputs / "final"
+    console.print(f"training {len(exported.trials)} trial(s) of study {exported.study} ({mode}) on {device}")
     result = train_final(exported, out, mode, device, set_ or [], on_epoch)
-    for t in exported.trials:
+    _compare(exported.trials, result)
+    console.print(f"saved {len(result.models)} model(s) in {result.out}")
+
+
+def _compare(trials, result) -> None:  # noqa: ANN001
+    """Each trial's F1 trained again beside the F1 the study measured."""
+    for t in trials:
         again = result.cv_f1(t.trial)
         if again:
             console.print(f"trial {t.trial}: cross-validated macro F1 {np.mean(again):.4f} (folds {again});"
                           f" the study measured {t.value:.4f} (folds {t.fold_f1})", highlight=False, soft_wrap=True)
-    console.print(f"saved {len(result.models)} model(s) in {result.out}")
+
+
+def _complete_ensemble(config: Path, out: Path | None, mode: str, device, overrides: list[str], on_epoch) -> None:  # noqa: ANN001
+    from hpo.ensemble.complete import complete_ensemble
+    from hpo.errors import ConfigError
+
+    if mode != "folds":
+        raise ConfigError(f"--mode {mode}: an ensemble's members are fold models; leave --mode out")
+    ensemble, result = complete_ensemble(config, out, device, overrides, on_epoch)
+    if result is None:
+        console.print(f"every member of {config} has its fold models; nothing to train")
+        return
+    trained = sorted({m.trial for m in result.models})
+    _compare([m.trial for m in ensemble.members if m.trial.trial in trained], result)
+    console.print(f"saved {len(result.models)} model(s) of trial(s) {', '.join(map(str, trained))} in {result.out};"
+                  f" {config} points at them", soft_wrap=True)
+
+
+@app.command()
+@user_errors
+def ensemble(
+    study: StudyOpt,
+    output: Annotated[Path, typer.Option("--output", "-o", help="YAML file to write")] = Path("ensemble.yaml"),
+    max_members: Annotated[int, typer.Option(help="Picks of the greedy selection (with replacement)", min=1)] = 20,
+    init: Annotated[int, typer.Option(help="Best single trials it starts from", min=1)] = 3,
+    offsets: Annotated[bool | None, typer.Option("--offsets/--no-offsets", help="Per-class decision offsets (default: where the nested estimate gains)")] = None,
+    exclude: Annotated[list[int] | None, typer.Option(help="Leave this trial out (repeatable)")] = None,
+    storage: StorageOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Pick the ensemble of complete trials that scores best out of fold (greedy selection with
+    replacement), with its weights and per-class offsets, and an honest estimate on new data."""
+    from hpo.ensemble import build_ensemble, write_ensemble
+    from hpo.records.artifacts import artifact_location
+    from hpo.status import load_existing
+
+    spec = _spec(study, set_ or [], storage)
+    built = build_ensemble(load_existing(spec, storage), artifact_location(spec), max_members, init, offsets,
+                           set(exclude or []))
+    write_ensemble(built, output)
+    scores, say = built.scores, lambda text: console.print(text, soft_wrap=True, highlight=False)
+    left = f" ({len(scores['left_out'])} without: left out)" if scores["left_out"] else ""
+    say(f"{scores['candidates']} complete trials with out-of-fold predictions{left}")
+    say(f"best single trial {scores['best_single']['trial']}: out-of-fold macro F1 {scores['best_single']['oof_macro_f1']:.4f}")
+    members = ", ".join(f"{m.trial.trial} x{m.weight:.2f}" for m in built.members)
+    say(f"ensemble of {len(built.members)} trial(s) ({members}): out-of-fold macro F1 {scores['oof_macro_f1']:.4f};"
+        f" with class offsets {scores['oof_macro_f1_with_offsets']:.4f}")
+    nested = scores["nested"]
+    say(f"estimate on new data (chosen on all folds but one, scored on that one, averaged): {nested['macro_f1']:.4f};"
+        f" with class offsets {nested['with_offsets']:.4f}; offsets {'used' if scores['offsets_used'] else 'not used'}")
+    if missing := built.missing():
+        say(f"no fold models kept for trial(s) {', '.join(str(m.trial.trial) for m in missing)}:"
+            f" hpo train --config {output} trains them")
+    say(f"wrote {output}")
 
 
 @app.command()
 @user_errors
 def predict(
-    model: Annotated[Path, typer.Option("--model", "-m", help="Folder written by hpo train")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Folder written by hpo train, or a file written by hpo ensemble")],
     data: Annotated[Path, typer.Option("--data", "-d", help="Folder of images, or an eval folder with info.csv and images/")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Submission CSV to write")] = Path("submission.csv"),
     tta: Annotated[bool, typer.Option(help="Average with horizontally flipped images")] = False,

@@ -23,6 +23,7 @@ from hpo.config.sections import (
     BudgetSpec,
     CVSpec,
     DataSpec,
+    ModelsSpec,
     PrunerSpec,
     SamplerSpec,
     TrainSpec,
@@ -32,7 +33,7 @@ from hpo.config.sections import (
 from hpo.config.spec import StudySpec, trial_config
 
 __all__ = [
-    "COMPILE_MODES", "NORMALIZATIONS", "STUDIES_DIR", "BudgetSpec", "CVSpec", "DataSpec", "PrunerSpec", "SamplerSpec",
+    "COMPILE_MODES", "NORMALIZATIONS", "STUDIES_DIR", "BudgetSpec", "CVSpec", "DataSpec", "ModelsSpec", "PrunerSpec", "SamplerSpec",
     "StudySpec", "TrainSpec", "WorkersSpec", "apply_override", "find_study_file", "load_params_file", "load_spec",
     "load_spec_or_stored", "parse_duration", "parse_spec", "read_yaml", "trial_config",
 ]

@@ -157,6 +157,12 @@ class WorkersSpec(_Model):
         return self.grace_period / 3  # never below the heartbeat interval (see _grace)
 
 
+class ModelsSpec(_Model):
+    """The fold models the study keeps for the ensemble (see hpo.records.models)."""
+
+    keep: int = Field(5, ge=0, le=1000, description="fold models of the best N complete trials kept; 0: none")
+
+
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 

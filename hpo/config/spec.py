@@ -16,6 +16,7 @@ from hpo.config.sections import (
     BudgetSpec,
     CVSpec,
     DataSpec,
+    ModelsSpec,
     PrunerSpec,
     SamplerSpec,
     TrainSpec,
@@ -42,6 +43,7 @@ class StudySpec(_Model):
     data: DataSpec
     cv: CVSpec = CVSpec()
     workers: WorkersSpec = WorkersSpec()
+    models: ModelsSpec = ModelsSpec()
     train: TrainSpec = TrainSpec()
     # Trackers by name, with their arguments (a mapping once validated; see the validator).
     tracking: dict[str, Any] = Field(default_factory=dict, description="trackers by name, with their arguments")

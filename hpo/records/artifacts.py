@@ -30,7 +30,10 @@ ENV_ARTIFACTS = "HPO_ARTIFACTS"
 
 
 def artifact_location(spec: StudySpec) -> str:
-    return settings().artifacts or spec.artifacts or str(spec.outputs / "artifacts")
+    """``$HPO_ARTIFACTS``, else the study file's ``artifacts:``, else runs/<study>/artifacts; a
+    folder as an absolute path (an ensemble file names it, to be read from elsewhere)."""
+    location = settings().artifacts or spec.artifacts or str(spec.outputs / "artifacts")
+    return location if "://" in location else str(Path(location).expanduser().absolute())
 
 
 def check_artifact_store(location: str) -> None:

@@ -204,13 +204,14 @@ class _Epochs:
         self.val_images = None
 
     def evaluate(self, data: FoldData, batch_size: int) -> tuple[np.ndarray, float]:
-        """Predicted classes of the validation side, and the validation loss."""
+        """Class probabilities of the validation side (float32, samples x classes), and the
+        validation loss."""
         size = max(256, 2 * batch_size)
         batches = self.val_images.split(size) if self.val_images is not None else host_batches(
             data.images, data.val_idx, size)
         logits = predict_logits(self.model, batches, self.device, self.mean, self.std, self.autocast)
         val_loss = float(nn.functional.cross_entropy(logits, self.val_targets))
-        return logits.argmax(1).cpu().numpy(), val_loss
+        return logits.softmax(1).cpu().numpy(), val_loss
 
 
 def fold_batches(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
@@ -268,6 +269,7 @@ def fit_fold(
     freeze = build_freeze(cfg.freeze.name, cfg.freeze.args)
     result = into if into is not None else FoldResult(fold)
     result.val_labels = data.val_labels  # a gather from the whole set: once per fold, not per epoch
+    result.val_index = data.val_idx
     validating, stale_epochs, nan = len(data.val_idx) > 0, 0, float("nan")
     try:
         for epoch in range(cfg.max_epochs):
@@ -303,7 +305,8 @@ def _score_epoch(epochs: _Epochs, data: FoldData, batch_size: int, epoch: int, r
                  keep_best_state: bool) -> tuple[float, float, float]:
     """The epoch's validation loss, macro F1 and accuracy; ``result`` keeps the epoch (its
     predictions, per-class F1 and, if asked, weights) when it is the best so far."""
-    predicted, val_loss = epochs.evaluate(data, batch_size)
+    probabilities, val_loss = epochs.evaluate(data, batch_size)
+    predicted = probabilities.argmax(1)
     labels_all = list(range(data.num_classes))
     macro_f1 = float(f1_score(result.val_labels, predicted, average="macro", labels=labels_all, zero_division=0))
     accuracy = float(accuracy_score(result.val_labels, predicted))
@@ -312,7 +315,7 @@ def _score_epoch(epochs: _Epochs, data: FoldData, batch_size: int, epoch: int, r
         result.per_class_f1 = f1_score(
             result.val_labels, predicted, average=None, labels=labels_all, zero_division=0
         ).tolist()
-        result.best_predictions = predicted
+        result.best_predictions, result.best_probabilities = predicted, probabilities
         if keep_best_state:
             result.best_state = _cpu_state(epochs.model)
     return val_loss, macro_f1, accuracy

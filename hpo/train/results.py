@@ -60,7 +60,9 @@ class FoldResult:
     history: list[EpochResult] = field(default_factory=list)
     best_state: dict[str, Any] | None = None  # the best epoch's weights (on the CPU)
     best_predictions: np.ndarray | None = None  # validation predictions of the best epoch
+    best_probabilities: np.ndarray | None = None  # and their class probabilities (float32)
     val_labels: np.ndarray | None = None
+    val_index: np.ndarray | None = None  # the validation samples' indices in the data set
     stopped_early: int | None = None  # the epoch after which patience ran out
 
     @property

@@ -77,7 +77,8 @@ class Worker:
     def run(self) -> int:
         """Run trials until the budget is reached or the timeout passes; returns how many ran."""
         spec, study = self.handle.spec, self.handle.study
-        objective = Objective(spec, self.handle.table, self.handle.plan, self.device, self._epoch_ended)
+        objective = Objective(spec, self.handle.table, self.handle.plan, self.device, self._epoch_ended,
+                              lock=self.handle.lock)
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         seed_sampler(self.handle)
         record_budget(study, self.budget)
