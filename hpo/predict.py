@@ -217,7 +217,7 @@ class Prediction:
 
     @property
     def predicted(self) -> np.ndarray:
-        from hpo.ensemble.select import decide
+        from hpo.ensemble.selection import decide
 
         return decide(self.probabilities, self.offsets)
 

@@ -1,5 +1,5 @@
 """`hpo ensemble`: the study's complete trials, combined into the ensemble that scores best out
-of fold (hpo.ensemble.select), written as one file that `hpo predict` uses with the fold models
+of fold (hpo.ensemble.selection), written as one file that `hpo predict` uses with the fold models
 the study kept, and `hpo train` completes where it kept none.
 
 The file holds the study file, the data fingerprint and fold-plan digest, the classes, each
@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from hpo import keys
 from hpo.config import read_yaml
-from hpo.ensemble.select import Estimate, fit_offsets, macro_f1, nested_estimate, select
+from hpo.ensemble.selection import Estimate, fit_offsets, macro_f1, nested_estimate, select
 from hpo.errors import ConfigError, DataError
 from hpo.export import Export, ExportedTrial, exported
 from hpo.files import write_whole

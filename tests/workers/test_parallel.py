@@ -206,3 +206,26 @@ def test_killing_hpo_run_stops_its_workers_and_requeues_their_trials(image_root,
     assert stopped and all(t.user_attrs["fail_reason"] == "worker stopped" for t in stopped)
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert sorted(t.user_attrs["requeued_from"] for t in waiting) == sorted(t.number for t in stopped)
+
+
+@pytest.mark.slow
+def test_two_worker_processes_keep_the_best_trials_fold_models(image_root, tmp_path):
+    """Trials finishing in two processes at once: the kept list is the best two complete trials,
+    and the store holds exactly their checkpoints."""
+    from pathlib import Path
+
+    from hpo.records.models import kept
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    path = worker_study(image_root, tmp_path, n_trials=6, models={"keep": 2}, pruner={"type": "none"},
+                        search__lr={"low": 3e-4, "high": 3e-2, "log": True})
+    run = start("run", "--study", str(path), "--workers", "2", cwd=tmp_path, storage=url)
+    _, err = run.communicate(timeout=400)
+    assert run.returncode == 0, err[-3000:]
+    study = load(name_of(path), url)
+    complete = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: (-t.value, t.number))
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+    entries = kept(study)
+    assert {k.trial for k in entries} == {t.number for t in complete[:2]}
+    files = {p.name for p in Path(tmp_path / "runs" / "artifacts").iterdir() if p.suffix == ".pt"}
+    assert files == {c.artifact_id for k in entries for c in k.checkpoints} and len(files) == 4
