@@ -114,6 +114,7 @@ def ensemble(
     init: Annotated[int, typer.Option(help="Best single trials it starts from", min=1)] = 3,
     offsets: Annotated[bool | None, typer.Option("--offsets/--no-offsets", help="Per-class decision offsets (default: where the nested estimate gains)")] = None,
     exclude: Annotated[list[int] | None, typer.Option(help="Leave this trial out (repeatable)")] = None,
+    pool: Annotated[int, typer.Option(help="Choose among the best N complete trials (0: the study's models.keep, whose models are kept)", min=0)] = 0,
     storage: StorageOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -125,11 +126,12 @@ def ensemble(
 
     spec = _spec(study, set_ or [], storage)
     built = build_ensemble(load_existing(spec, storage), artifact_location(spec), max_members, init, offsets,
-                           set(exclude or []))
+                           set(exclude or []), pool)
     write_ensemble(built, output)
     scores, say = built.scores, lambda text: console.print(text, soft_wrap=True, highlight=False)
     left = f" ({len(scores['left_out'])} without: left out)" if scores["left_out"] else ""
-    say(f"{scores['candidates']} complete trials with out-of-fold predictions{left}")
+    say(f"choosing among the {scores['candidates']} best complete trials with out-of-fold predictions"
+        f" ({', '.join(map(str, scores['pool']))}){left}")
     say(f"best single trial {scores['best_single']['trial']}: out-of-fold macro F1 {scores['best_single']['oof_macro_f1']:.4f}")
     members = ", ".join(f"{m.trial.trial} x{m.weight:.2f}" for m in built.members)
     say(f"ensemble of {len(built.members)} trial(s) ({members}): out-of-fold macro F1 {scores['oof_macro_f1']:.4f};"

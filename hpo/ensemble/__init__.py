@@ -112,8 +112,9 @@ class Candidates:
     without: list[int]  # complete trials that stored no out-of-fold predictions
 
 
-def candidates(study: optuna.Study, artifacts: str, exclude: set[int] = frozenset()) -> Candidates:
-    """The complete trials' out-of-fold probabilities, checked against the study's data and folds."""
+def candidates(study: optuna.Study, artifacts: str, exclude: set[int] = frozenset(), pool: int | None = None) -> Candidates:
+    """The out-of-fold probabilities of the best ``pool`` complete trials (all: None), checked
+    against the study's data and folds."""
     from hpo.data.folds import plan_digest
 
     attrs = study.user_attrs
@@ -122,7 +123,7 @@ def candidates(study: optuna.Study, artifacts: str, exclude: set[int] = frozense
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.number not in exclude]
     if not complete:
         raise ConfigError(f"study {study.study_name!r} has no complete trial yet; run it first (hpo run)")
-    with_oof = [t for t in complete if keys.OOF in t.user_attrs]
+    with_oof = sorted((t for t in complete if keys.OOF in t.user_attrs), key=lambda t: (-t.value, t.number))[:pool]
     if not with_oof:
         raise ConfigError(f"no complete trial of study {study.study_name!r} stored its out-of-fold predictions"
                           " (trials run before hpo kept them); run more trials, or use hpo export --top-k")
@@ -142,13 +143,19 @@ def candidates(study: optuna.Study, artifacts: str, exclude: set[int] = frozense
 
 
 def build_ensemble(study: optuna.Study, artifacts: str, max_members: int = 20, init: int = 3,
-                   offsets: bool | None = None, exclude: set[int] = frozenset()) -> Ensemble:
+                   offsets: bool | None = None, exclude: set[int] = frozenset(), pool: int | None = 0) -> Ensemble:
     """Select members, weights and (``offsets``: True, False, or None to let the nested estimate
-    decide) per-class offsets from the study's out-of-fold probabilities."""
+    decide) per-class offsets from the out-of-fold probabilities of the best ``pool`` complete
+    trials: 0 (the default) takes the study's ``models.keep``, whose fold models are kept, so
+    the ensemble needs no training (measured: a pool of weak trials too fits noise out of fold,
+    BENCHMARKS.md); None takes every trial."""
     from hpo.config import parse_spec
     from hpo.data.folds import plan_digest
 
-    found = candidates(study, artifacts, exclude)
+    spec = parse_spec(study.user_attrs[keys.SPEC], f"study {study.study_name!r} (from storage)")
+    if pool == 0:
+        pool = spec.models.keep or None
+    found = candidates(study, artifacts, exclude, pool)
     classes = len(study.user_attrs[keys.CLASSES])
     singles = [macro_f1(found.labels, p.argmax(1), classes) for p in found.probabilities]
     best = int(np.argmax(singles))
@@ -157,7 +164,6 @@ def build_ensemble(study: optuna.Study, artifacts: str, max_members: int = 20, i
     fitted, with_offsets = fit_offsets(average, found.labels)
     estimate: Estimate = nested_estimate(found.probabilities, found.labels, found.folds, max_members, init)
     use_offsets = offsets if offsets is not None else estimate.mean_with_offsets > estimate.mean
-    spec = parse_spec(study.user_attrs[keys.SPEC], f"study {study.study_name!r} (from storage)")
     stored = {k.trial: k for k in kept(study)}
     members = []
     for index, weight in chosen.weights.items():
@@ -167,7 +173,7 @@ def build_ensemble(study: optuna.Study, artifacts: str, max_members: int = 20, i
         members.append(Member(exported(trial, spec), round(weight, 6), round(singles[index], 5), checkpoints))
     members.sort(key=lambda m: -m.weight)
     scores = {
-        "candidates": len(found.trials), "left_out": found.without,
+        "candidates": len(found.trials), "pool": [t.number for t in found.trials], "left_out": found.without,
         "best_single": {"trial": found.trials[best].number, "oof_macro_f1": round(singles[best], 5)},
         "oof_macro_f1": round(chosen.score, 5), "oof_macro_f1_with_offsets": round(with_offsets, 5),
         "nested": {"macro_f1": round(estimate.mean, 5), "with_offsets": round(estimate.mean_with_offsets, 5),

@@ -136,12 +136,17 @@ def test_workers_finishing_at_once_keep_exactly_the_best(image_root, tmp_path):
 
 
 def test_ensemble_scores_and_predicts_with_the_kept_models(five, tmp_path):
-    built = build_ensemble(five.study, artifact_location(five.spec), max_members=6, init=2)
-    scores = built.scores
+    everyone = build_ensemble(five.study, artifact_location(five.spec), max_members=6, init=2, pool=None)
+    scores = everyone.scores
     assert scores["candidates"] == 5 and scores["oof_macro_f1"] >= scores["best_single"]["oof_macro_f1"]
-    assert len(scores["nested"]["per_fold"]) == 2 and abs(sum(m.weight for m in built.members) - 1) < 1e-4
+    assert len(scores["nested"]["per_fold"]) == 2 and abs(sum(m.weight for m in everyone.members) - 1) < 1e-4
+    # By default it chooses among the trials whose models the study kept: nothing to train.
+    built = build_ensemble(five.study, artifact_location(five.spec), max_members=6, init=2)
+    assert sorted(built.scores["pool"]) == sorted(k.trial for k in kept(five.study)) and not built.missing()
     path = write_ensemble(built, tmp_path / "ensemble.yaml")
     assert read_ensemble(path).members == built.members
+    models, classes, _ = load_source(path, CPU)
+    assert len(models) == 2 * len(built.members) and sum(m.weight for m in models) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_a_member_without_kept_models_is_named_and_hpo_train_completes_it(five, tmp_path):

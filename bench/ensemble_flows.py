@@ -1,0 +1,128 @@
+"""What a study's result scores on people it never saw, by the flow that turns it into a
+submission: (a) the best trial retrained (hpo export, hpo train, hpo predict --tta), (b) the
+three best averaged (hpo export --top-k 3, same), (c) the selected ensemble (hpo ensemble, hpo
+train for the members the study did not keep, hpo predict --tta), without and with its class
+offsets. Each flow's wall time after the study; for (c), the nested estimate beside the
+held-out F1. Data: bench/people.py's synthetic mask archive, people split before the study.
+
+    python bench/ensemble_flows.py                  # about 15 minutes on 2 CPU cores
+    python bench/ensemble_flows.py --trials 24 --study-people 300 --held-out 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from people import write_people  # noqa: E402
+
+from hpo.config import parse_spec  # noqa: E402
+from hpo.ensemble import build_ensemble, write_ensemble  # noqa: E402
+from hpo.ensemble.complete import complete_ensemble  # noqa: E402
+from hpo.ensemble.selection import decide, macro_f1  # noqa: E402
+from hpo.export import export_study  # noqa: E402
+from hpo.final import train_final  # noqa: E402
+from hpo.predict import predict_folder  # noqa: E402
+from hpo.records.artifacts import artifact_location  # noqa: E402
+from hpo.run import run_study  # noqa: E402
+from hpo.system import pick_device  # noqa: E402
+
+
+def study_dict(root: Path, args: argparse.Namespace) -> dict:
+    return {
+        "name": "people",
+        "seed": args.seed,
+        "sampler": {"type": "tpe", "n_startup_trials": 6},
+        "pruner": {"type": args.pruner, **({"n_startup_trials": 4, "n_warmup_steps": 1} if args.pruner == "median" else {})},
+        "budget": {"n_trials": args.trials, "max_epochs": args.epochs, "patience": 2},
+        "data": {"format": "mask", "root": str(root), "image_size": args.image_size, "normalization": "half"},
+        "cv": {"folds": args.folds, "seed": 0},
+        "models": {"keep": args.keep},
+        "output_dir": str(args.work / "runs"),
+        "search": {
+            "backbone": {"choices": ["resnet10t", "lcnet_050"]},
+            "pretrained": False,
+            "optimizer": "adamw",
+            "lr": {"low": 3e-4, "high": 1e-2, "log": True},
+            "weight_decay": {"low": 1e-6, "high": 1e-2, "log": True},
+            "scheduler": "cosine",
+            "loss": {"choose": {"cross_entropy": {}, "focal": {"gamma": {"low": 1.0, "high": 3.0}},
+                                "label_smoothing": {"epsilon": {"low": 0.05, "high": 0.2}}}},
+            "class_weights": {"choices": ["none", "sqrt_inverse"]},
+            "head": {"choices": ["single", "factorized"]},
+            "sampling": {"choices": ["uniform", "weighted"]},
+            "batch_size": 32,
+            "augment": {"ops": {"hflip": {"enabled": True, "p": 0.5},
+                                "brightness_contrast": {"enabled": {"choices": [True, False]}, "magnitude": 0.3}}},
+        },
+    }
+
+
+def held_out_f1(probabilities: np.ndarray, truth: np.ndarray, offsets: np.ndarray | None = None) -> float:
+    return macro_f1(truth, decide(probabilities, offsets), 18)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("runs/bench-ensemble"))
+    parser.add_argument("--study-people", type=int, default=200)
+    parser.add_argument("--held-out", type=int, default=150)
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--image-size", type=int, default=48)
+    parser.add_argument("--keep", type=int, default=5)
+    parser.add_argument("--pruner", default="median")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HPO_CACHE", str(args.work / "cache"))
+    truth = np.asarray(write_people(args.work / "people", args.study_people, args.held_out))
+    held_out = args.work / "people" / "held_out"
+    spec = parse_spec(study_dict(args.work / "people" / "study", args))
+    device = pick_device()
+    started = time.perf_counter()
+    study = run_study(spec, f"sqlite:///{args.work / 'people.db'}", live=False).study
+    print(f"study: {len(study.trials)} trials in {time.perf_counter() - started:.0f} s, best CV macro F1"
+          f" {study.best_value:.4f} (trial {study.best_trial.number})", flush=True)
+    rows = []
+
+    def retrained(name: str, top_k: int) -> None:
+        began = time.perf_counter()
+        exported = export_study(study, None, top_k)
+        final = train_final(exported, args.work / f"final-{top_k}", "folds", device)
+        done = predict_folder(final.out, held_out, args.work / f"{name}.csv", tta=True, device=device)
+        rows.append((name, held_out_f1(done.probabilities, truth), time.perf_counter() - began, None))
+
+    retrained("(a) best trial retrained", 1)
+    retrained("(b) top-3 retrained, averaged", 3)
+    began = time.perf_counter()
+    ensemble = build_ensemble(study, artifact_location(spec), offsets=True)
+    path = write_ensemble(ensemble, args.work / "ensemble.yaml")
+    selected = time.perf_counter() - began
+    _, trained = complete_ensemble(path, args.work / "ensemble-models", device)
+    done = predict_folder(path, held_out, args.work / "ensemble.csv", tta=True, device=device)
+    seconds = time.perf_counter() - began
+    offsets = np.asarray(ensemble.offsets)
+    nested = ensemble.scores["nested"]
+    rows.append(("(c) ensemble", held_out_f1(done.probabilities, truth), seconds, nested["macro_f1"]))
+    rows.append(("(c) ensemble + class offsets", held_out_f1(done.probabilities, truth, offsets), seconds,
+                 nested["with_offsets"]))
+    members = ", ".join(f"{m.trial.trial} x{m.weight:.2f}" for m in ensemble.members)
+    retrained_members = sorted({m.trial for m in trained.models}) if trained else []
+    print(f"ensemble: {members}; out-of-fold macro F1 {ensemble.scores['oof_macro_f1']:.4f} (best single"
+          f" {ensemble.scores['best_single']['oof_macro_f1']:.4f}); selection {selected:.1f} s; members retrained:"
+          f" {retrained_members or 'none'}")
+    print(f"\n{'flow after the study':<32} {'held-out macro F1':>18} {'nested estimate':>16} {'wall s':>8}")
+    for name, f1, seconds, estimate in rows:
+        print(f"{name:<32} {f1:>18.4f} {'' if estimate is None else f'{estimate:.4f}':>16} {seconds:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()
