@@ -99,8 +99,9 @@ def test_browser_lists_study_trials_and_artifacts(dashboard, finished_study, tmp
         with urllib.request.urlopen(dashboard + link, timeout=10) as response:
             body = response.read()
         assert response.status == 200
-        kinds.add("png" if body.startswith(b"\x89PNG") else "csv" if body.startswith(b"class,precision") else "?")
-    assert kinds == {"png", "csv"}
+        kinds.add("png" if body.startswith(b"\x89PNG") else "csv" if body.startswith(b"class,precision")
+                  else "npz" if body.startswith(b"PK") else "?")
+    assert kinds == {"png", "csv", "npz"}  # npz: the trial's out-of-fold probabilities, for hpo ensemble
 
     shot = tmp_path / "dashboard-trials.png"
     chromium(profile, "--window-size=1400,1000", f"--screenshot={shot}", f"{dashboard}/dashboard/studies/1/trials")
