@@ -1,14 +1,5 @@
-"""The tracker base class and registry (see hpo.tracking).
-
-A tracker hears a trial start, every epoch of every fold, each fold's end and the trial's end;
-it never decides anything. The study file names them with their arguments::
-
-    tracking:
-      tensorboard: {folder: runs/tb}      # or tensorboard: runs/tb (the first argument)
-
-``hpo run --tensorboard DIR`` is ``--set tracking.tensorboard=DIR``. Each entry is a factory
-(study name, *its arguments) -> Tracker, in a module of its own beside this one.
-"""
+"""The tracker base class, its registry, and how the study file's ``tracking:`` becomes
+trackers (see hpo.tracking)."""
 
 from __future__ import annotations
 
