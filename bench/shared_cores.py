@@ -1,6 +1,8 @@
 """CPU training speed when other jobs share the cores, by the number of torch threads (what
 HPO_THREADS sets) and by how OpenMP's threads wait for each other between parallel regions
-(libgomp spins a while, then sleeps; OMP_WAIT_POLICY=PASSIVE sleeps at once).
+(libgomp spins a while, then sleeps; OMP_WAIT_POLICY=PASSIVE sleeps at once; GOMP_SPINCOUNT
+shortens the spin), and hpo's default (hpo.system.ThreadGovernor: the cores other processes
+leave free, looked at before the run and after every epoch, here every 10 steps).
 
 Each figure is a fresh process training a small timm model on random 24 px images (the digits
 demo's size): alone, beside one busy loop per core (a build, say), and beside another torch
@@ -20,8 +22,14 @@ import time
 
 TRAIN = """
 import sys, time, torch, timm
+from hpo.system import ThreadGovernor
 backbone, size, batch, steps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-torch.set_num_threads(threads)
+governor = ThreadGovernor() if threads == 0 else None  # 0: hpo's default policy, as a trial runs
+if governor is None:
+    torch.set_num_threads(threads)
+else:
+    time.sleep(0.3)  # the look a run takes before its first trial
+    governor.adjust()
 model = timm.create_model(backbone, num_classes=10)
 optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
 x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
@@ -32,8 +40,10 @@ def step():
 for _ in range(5):
     step()
 started = time.perf_counter()
-for _ in range(steps):
+for i in range(steps):
     step()
+    if governor is not None and i % 10 == 9:  # as after every epoch
+        governor.adjust()
 print(steps * batch / (time.perf_counter() - started))
 """
 
@@ -48,12 +58,16 @@ CORES = os.cpu_count() or 1
 SETTINGS = {
     f"{CORES} threads": (CORES, {}),
     f"{CORES}, PASSIVE": (CORES, {"OMP_WAIT_POLICY": "PASSIVE"}),
+    f"{CORES}, spin 10k": (CORES, {"GOMP_SPINCOUNT": "10000"}),
+    f"{CORES}, spin 1k": (CORES, {"GOMP_SPINCOUNT": "1000"}),
     "1 thread": (1, {}),
+    "hpo (auto)": (0, {}),
 }
 
 
 def images_per_second(threads: int, env_changes: dict[str, str], args: argparse.Namespace) -> float:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "HPO_THREADS")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "HPO_THREADS", "GOMP_SPINCOUNT")}
     command = [sys.executable, "-c", TRAIN, args.backbone, str(args.image_size), str(args.batch_size),
                str(args.steps), str(threads)]
     done = subprocess.run(command, env={**env, **env_changes}, capture_output=True, text=True, check=True)

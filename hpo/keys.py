@@ -21,6 +21,7 @@ WORKER = "worker"  # host:pid of the worker running it
 PROGRESS = "progress"  # {fold, epoch, f1} of the last epoch
 WALL_SECONDS = "wall_seconds"
 FOLD_F1, F1_STD, BEST_EPOCHS = "fold_f1", "f1_std", "best_epochs"
+FINISHED_FOLDS = "finished_folds"  # best F1 of each fold finished so far (set after each fold; the fold rungs read it)
 PER_CLASS_F1, CONFUSION_MATRIX = "per_class_f1", "confusion_matrix"
 IMAGES_PER_SECOND, DATA_WAIT = "images_per_second", "data_wait"
 ARTIFACTS = "artifacts"  # figure/table name -> artifact id

@@ -30,8 +30,8 @@ from hpo.records.artifacts import TrialReview, artifact_location, open_artifact_
 from hpo.records.models import KeptTrial, keep_if_best, may_enter, stage_fold, upload_fold_models
 from hpo.records.note import save_trial_note
 from hpo.records.oof import upload_oof
-from hpo.strategy import report_step, reports_per_fold
-from hpo.system import pick_device, release_device_memory
+from hpo.strategy import asks_after_fold, report_step, reports_per_fold
+from hpo.system import ThreadGovernor, pick_device, release_device_memory
 from hpo.tracking import build_trackers
 from hpo.train.config import TrainConfig
 from hpo.train.loop import fit_fold
@@ -65,9 +65,13 @@ class Objective:
         self.on_epoch, self.lock = on_epoch, lock
         self.artifacts = open_artifact_store(artifact_location(spec))
         self.trackers = build_trackers(spec)
+        # On the CPU, torch's threads follow the cores other jobs leave free (hpo.system).
+        self.threads = ThreadGovernor() if self.device.type == "cpu" else None
 
     def __call__(self, trial: optuna.Trial) -> float:
         cfg = trial_config(trial, self.spec)
+        if self.threads is not None:
+            self.threads.adjust()
         trial.set_user_attr(keys.CONFIG, cfg.to_dict())  # the full recipe, fixed values included
         for tracker in self.trackers:
             tracker.trial_started(trial.number, trial.params, cfg)
@@ -153,6 +157,8 @@ class Objective:
         images = decoded(self.table, cfg.image_size, cfg.crop)
         train_labels = self.table.training_labels(cfg.label_options)
         per_fold = reports_per_fold(self.spec.pruner.type)
+        fold_rungs = asks_after_fold(self.spec.pruner.type)
+        last = self.spec.cv.folds - 1
         for fold, train_idx, val_idx in iter_folds(self.plan):
             data = FoldData(images, self.table.labels, train_idx, val_idx, self.table.num_classes,
                             train_labels, self.table.factors)
@@ -164,16 +170,20 @@ class Objective:
                                           self.table.factors)
             for tracker in self.trackers:
                 tracker.fold_ended(trial.number, folds[-1], cfg.patience)
+            trial.set_user_attr(keys.FINISHED_FOLDS, [round(f.best_f1, 5) for f in folds])
             if per_fold:
                 trial.report(folds[-1].best_f1, fold)
-                if fold < self.spec.cv.folds - 1:  # after the last fold nothing is left to save
-                    self._prune_if_asked(trial, f"after fold {fold} (F1 {folds[-1].best_f1:.4f})")
+            if (per_fold or fold_rungs) and fold < last:  # after the last fold nothing is left to save
+                mean = np.mean([f.best_f1 for f in folds])
+                self._prune_if_asked(trial, f"after fold {fold} (F1 {folds[-1].best_f1:.4f}, mean {mean:.4f})")
 
     def _reporter(self, trial: optuna.Trial, max_epochs: int, per_fold: bool) -> Callable[[EpochResult], None]:
         """After every epoch: trackers, display, progress; and, unless the pruner judges whole
         folds, the report to the pruner, which may stop the trial here."""
 
         def report(result: EpochResult) -> None:
+            if self.threads is not None:
+                self.threads.adjust()
             for tracker in self.trackers:
                 tracker.epoch(trial.number, result)
             # Visible to `hpo status` and the pool's display, from any machine.

@@ -2,19 +2,35 @@
 
 A pruner entry says what it judges as data: ``reports="epoch"`` (the default: every epoch's
 validation F1 on one step axis across folds) or ``reports="fold"`` (each fold's best F1, at
-step = fold).
+step = fold); ``fold_rungs=True``: it is asked after each fold as well (hpo.pruning).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import optuna
 
 from hpo.errors import ConfigError
+from hpo.pruning import FoldHalvingPruner
 from hpo.registry import Registry
 
-# (seed, **Optuna's arguments) -> the sampler; (report steps of a full trial, **arguments) -> the pruner.
+
+@dataclass(frozen=True)
+class ReportSteps:
+    """The steps a full trial reports on (see ``report_step``): ``per_fold`` in each of ``folds``."""
+
+    folds: int
+    per_fold: int
+
+    @property
+    def total(self) -> int:
+        return self.folds * self.per_fold
+
+
+# (seed, **Optuna's arguments) -> the sampler; (ReportSteps, **arguments) -> the pruner.
 SAMPLERS: Registry[Callable[..., optuna.samplers.BaseSampler]] = Registry("sampler")
 PRUNERS: Registry[Callable[..., optuna.pruners.BasePruner]] = Registry("pruner")
 
@@ -47,39 +63,49 @@ def qmc(seed: int | None, **args) -> optuna.samplers.BaseSampler:
     return optuna.samplers.QMCSampler(seed=seed, **args)
 
 
-# Pruners get the number of report steps of a full trial (see ``report_step``).
 @PRUNERS.register("median")
-def median(max_steps: int, **args) -> optuna.pruners.BasePruner:
+def median(steps: ReportSteps, **args) -> optuna.pruners.BasePruner:
     """Optuna's MedianPruner: stops a trial below the median of earlier trials at the same step."""
     return optuna.pruners.MedianPruner(**args)
 
 
 @PRUNERS.register("percentile")
-def percentile(max_steps: int, **args) -> optuna.pruners.BasePruner:
+def percentile(steps: ReportSteps, **args) -> optuna.pruners.BasePruner:
     """Optuna's PercentilePruner (25th percentile by default)."""
     return optuna.pruners.PercentilePruner(**{"percentile": 25.0, **args})
 
 
 @PRUNERS.register("successive_halving")
-def successive_halving(max_steps: int, **args) -> optuna.pruners.BasePruner:
+def successive_halving(steps: ReportSteps, **args) -> optuna.pruners.BasePruner:
     """Optuna's SuccessiveHalvingPruner (asynchronous successive halving) on the epoch steps."""
     return optuna.pruners.SuccessiveHalvingPruner(**args)
 
 
 @PRUNERS.register("hyperband")
-def hyperband(max_steps: int, **args) -> optuna.pruners.BasePruner:
+def hyperband(steps: ReportSteps, **args) -> optuna.pruners.BasePruner:
     """Optuna's HyperbandPruner over a trial's whole step range."""
-    return optuna.pruners.HyperbandPruner(**{"min_resource": 1, "max_resource": max_steps, **args})
+    return optuna.pruners.HyperbandPruner(**{"min_resource": 1, "max_resource": steps.total, **args})
 
 
 @PRUNERS.register("wilcoxon", reports="fold")
-def wilcoxon(max_steps: int, **args) -> optuna.pruners.BasePruner:
+def wilcoxon(steps: ReportSteps, **args) -> optuna.pruners.BasePruner:
     """Optuna's WilcoxonPruner on per-fold scores against the best trial's."""
     return optuna.pruners.WilcoxonPruner(**args)
 
 
+@PRUNERS.register("fold_halving", fold_rungs=True)
+def fold_halving(steps: ReportSteps, *, eta: float = 3.0, min_trials: int = 1, within_fold: str = "median",
+                 within_fold_args: dict[str, Any] | None = None) -> optuna.pruners.BasePruner:
+    """Folds as a fidelity: after each fold, only the top 1/eta of the trials that reached it go on;
+    within a fold, the within_fold pruner judges the epochs (hpo.pruning)."""
+    if PRUNERS.info(within_fold).get("fold_rungs") or reports_per_fold(within_fold):
+        raise ValueError(f"within_fold must judge epochs (median, percentile, ...), not {within_fold}")
+    inner = PRUNERS.get(within_fold, "pruner.within_fold")(steps, **(within_fold_args or {}))
+    return FoldHalvingPruner(steps.per_fold, inner, eta=eta, min_trials=min_trials)
+
+
 @PRUNERS.register("none")
-def no_pruning(max_steps: int, **args) -> optuna.pruners.BasePruner:
+def no_pruning(steps: ReportSteps, **args) -> optuna.pruners.BasePruner:
     """No pruning: every trial trains every fold."""
     return optuna.pruners.NopPruner(**args)
 
@@ -90,12 +116,17 @@ def reports_per_fold(pruner_type: str) -> bool:
     return PRUNERS.info(pruner_type).get("reports", "epoch") == "fold"
 
 
+def asks_after_fold(pruner_type: str) -> bool:
+    """Whether the pruner judges fold boundaries too (with the trial's finished folds)."""
+    return bool(PRUNERS.info(pruner_type).get("fold_rungs"))
+
+
 def report_step(pruner_type: str, fold: int, epoch: int, max_epochs: int) -> int:
     return fold if reports_per_fold(pruner_type) else fold * max_epochs + epoch
 
 
-def max_report_steps(pruner_type: str, folds: int, max_epochs: int) -> int:
-    return folds if reports_per_fold(pruner_type) else folds * max_epochs
+def report_steps(pruner_type: str, folds: int, max_epochs: int) -> ReportSteps:
+    return ReportSteps(folds, 1 if reports_per_fold(pruner_type) else max_epochs)
 
 
 def check_folds_for_pruner(pruner_type: str, args: dict, folds: int) -> None:

@@ -65,7 +65,7 @@ def test_every_pruner_stops_trials_worse_at_every_step(image_root, tmp_path, pru
     good, bad = study.trials[:12], study.trials[12:]
     assert good[0].state == optuna.trial.TrialState.COMPLETE
     assert all(t.state == optuna.trial.TrialState.PRUNED for t in bad), [t.state for t in bad]
-    last_step = spec.max_report_steps - 1
+    last_step = spec.report_steps.total - 1
     assert all(t.last_step < last_step for t in bad)  # stopped early: something was saved
 
 

@@ -26,7 +26,7 @@ from hpo.config.sections import (
 )
 from hpo.errors import ConfigError
 from hpo.space import SearchSpace, check_params, parse_search, sample
-from hpo.strategy import PRUNERS, SAMPLERS, check_folds_for_pruner, max_report_steps
+from hpo.strategy import PRUNERS, SAMPLERS, ReportSteps, check_folds_for_pruner, report_steps
 from hpo.train.config import TrainConfig, knobs
 
 
@@ -108,8 +108,8 @@ class StudySpec(_Model):
         return self.output_dir or Path("runs") / self.name
 
     @property
-    def max_report_steps(self) -> int:
-        return max_report_steps(self.pruner.type, self.cv.folds, self.budget.max_epochs)
+    def report_steps(self) -> ReportSteps:
+        return report_steps(self.pruner.type, self.cv.folds, self.budget.max_epochs)
 
     @property
     def sampler_seed(self) -> int:
@@ -121,7 +121,7 @@ class StudySpec(_Model):
         return _construct("sampler", SAMPLERS.get(self.sampler.type), seed, self.sampler.args)
 
     def build_pruner(self):
-        return _construct("pruner", PRUNERS.get(self.pruner.type), self.max_report_steps, self.pruner.args)
+        return _construct("pruner", PRUNERS.get(self.pruner.type), self.report_steps, self.pruner.args)
 
 
 def trial_config(trial: optuna.Trial, spec: StudySpec) -> TrainConfig:

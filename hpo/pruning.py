@@ -1,0 +1,68 @@
+"""Folds as a fidelity: successive halving with rungs on fold boundaries (``pruner: fold_halving``).
+
+A complete trial trains every fold, so it costs K times one training; a pruner that judges only
+epochs lets every trial past its first rung train all K folds. Here, after each fold but the last,
+a trial is promoted to its next fold only when the mean of its finished folds' best F1 is among
+the top ``1/eta`` of every trial that finished as many folds (asynchronous successive halving,
+ASHA, with folds as the resource: the folds are the same for every trial, so the means compare).
+Within a fold, another pruner (median by default) judges the epochs as before.
+
+The objective tells the pruner what it needs through the trial itself: each finished fold's best
+F1 in the ``keys.FINISHED_FOLDS`` user attribute, set before it asks after the fold. A trial that
+has finished more folds than the fold of its last epoch report is being asked at a fold boundary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo import keys
+
+
+class FoldHalvingPruner(optuna.pruners.BasePruner):
+    """Fold rungs (promote the top ``1/eta``) over ``within_fold`` for the epochs of a fold.
+
+    ``min_trials``: below this many trials at a rung every trial is promoted (the first trials
+    of a study have no one to be compared with fairly)."""
+
+    def __init__(self, steps_per_fold: int, within_fold: optuna.pruners.BasePruner | None = None,
+                 eta: float = 3.0, min_trials: int = 1) -> None:
+        if eta <= 1:
+            raise ValueError(f"eta must be above 1, got {eta}")
+        if min_trials < 1:
+            raise ValueError(f"min_trials must be at least 1, got {min_trials}")
+        self.steps_per_fold, self.within_fold = steps_per_fold, within_fold
+        self.eta, self.min_trials = eta, min_trials
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        finished = finished_folds(trial)
+        if trial.last_step is None:
+            return False
+        if len(finished) <= trial.last_step // self.steps_per_fold:  # asked after an epoch
+            return self.within_fold is not None and self.within_fold.prune(study, trial)
+        return not self.promoted(study, trial, finished)
+
+    def promoted(self, study: optuna.Study, trial: FrozenTrial, finished: list[float]) -> bool:
+        rung = len(finished)
+        score = rung_score(finished, rung)
+        rivals = [rung_score(folds, rung) for t in study.get_trials(deepcopy=False)
+                  if t.number != trial.number and t.state != TrialState.FAIL
+                  and len(folds := finished_folds(t)) >= rung]
+        scores = sorted([*rivals, score], reverse=True)
+        if len(scores) < self.min_trials:
+            return True
+        kept = max(1, math.ceil(len(scores) / self.eta))
+        return score >= scores[kept - 1]
+
+
+def finished_folds(trial: FrozenTrial) -> list[float]:
+    """The best F1 of each fold the trial finished, in fold order."""
+    return list(trial.user_attrs.get(keys.FINISHED_FOLDS, []))
+
+
+def rung_score(finished: list[float], rung: int) -> float:
+    """A trial's score at a rung: the mean best F1 of its first ``rung`` folds."""
+    return sum(finished[:rung]) / rung

@@ -1,0 +1,118 @@
+"""Folds as a fidelity (pruner: fold_halving): after each fold only the top 1/eta of the trials
+that reached it go on; within a fold the epoch pruner judges as before."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpo import keys
+from hpo.config import parse_spec
+from hpo.errors import ConfigError
+from hpo.pruning import FoldHalvingPruner
+from tests.conftest import tiny_study
+from tests.test_objective import objective_for, study_for
+
+FOLDS, EPOCHS = 3, 2
+
+
+def run_trial(trial: optuna.Trial, quality: float | tuple[float, ...]) -> float:
+    """Reports and asks as the objective does with a fold-rung pruner (``quality``: one for
+    every fold, or each fold's)."""
+    per_fold = quality if isinstance(quality, tuple) else (quality,) * FOLDS
+    finished = []
+    for fold in range(FOLDS):
+        for epoch in range(EPOCHS):
+            trial.report(per_fold[fold] + 0.01 * epoch, fold * EPOCHS + epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"epoch {fold}/{epoch}")
+        finished.append(per_fold[fold] + 0.01 * (EPOCHS - 1))
+        trial.set_user_attr(keys.FINISHED_FOLDS, finished)
+        if fold < FOLDS - 1 and trial.should_prune():
+            raise optuna.TrialPruned(f"after fold {fold}")
+    return float(np.mean(finished))
+
+
+def run(qualities, **args) -> optuna.Study:
+    study = optuna.create_study(direction="maximize", pruner=FoldHalvingPruner(EPOCHS, **args))
+    for quality in qualities:
+        study.optimize(lambda trial, q=quality: run_trial(trial, q), n_trials=1)
+    return study
+
+
+def test_a_trial_goes_on_only_in_the_top_of_those_that_reached_its_fold():
+    qualities = [0.80, 0.90, 0.70, 0.85, 0.60, 0.95, 0.82]
+    study = run(qualities, eta=2)
+    for trial, quality in zip(study.trials, qualities, strict=True):
+        earlier = study.trials[: trial.number]
+        reached = [q for t, q in zip(earlier, qualities, strict=False) if len(t.user_attrs[keys.FINISHED_FOLDS]) >= 1]
+        ranked = sorted([*reached, quality], reverse=True)
+        promoted = quality >= ranked[math.ceil(len(ranked) / 2) - 1]
+        finished = trial.user_attrs[keys.FINISHED_FOLDS]
+        if not promoted:
+            assert trial.state == TrialState.PRUNED and len(finished) == 1, trial.number
+            assert trial.last_step == EPOCHS - 1  # stopped at the end of its first fold, not later
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE,
+                      TrialState.PRUNED, TrialState.COMPLETE, TrialState.PRUNED]
+
+
+def test_the_second_rung_compares_the_mean_of_two_folds():
+    """A trial promoted after fold 0 is judged again after fold 1, against those with two folds."""
+    study = run([0.8, (0.9, 0.5, 0.9), (0.9, 0.75, 0.9)], eta=2)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
+    assert len(study.trials[1].user_attrs[keys.FINISHED_FOLDS]) == 2  # best after fold 0, not after fold 1
+    assert study.trials[1].last_step == 2 * EPOCHS - 1
+    study = run([0.9, 0.8], eta=2)  # the top 1 of 2 only: the worse one stops after fold 0
+    assert [len(t.user_attrs[keys.FINISHED_FOLDS]) for t in study.trials] == [3, 1]
+
+
+def test_below_min_trials_every_trial_is_promoted():
+    study = run([0.9, 0.5, 0.4], eta=3, min_trials=4)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+
+
+def test_within_fold_the_epoch_pruner_judges():
+    """A trial bad at its first epoch is stopped there by the epoch pruner, before any fold rung."""
+    inner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+    study = run([0.9, 0.2], eta=100, within_fold=inner)
+    bad = study.trials[1]
+    assert bad.state == TrialState.PRUNED and bad.last_step == 0 and keys.FINISHED_FOLDS not in bad.user_attrs
+
+
+def test_study_file_builds_it_and_refuses_what_cannot_work(image_root, tmp_path):
+    spec = parse_spec(tiny_study(image_root, tmp_path, cv__folds=3, budget__max_epochs=4, pruner={
+        "type": "fold_halving", "eta": 2, "within_fold_args": {"n_warmup_steps": 2}}))
+    pruner = spec.build_pruner()
+    assert isinstance(pruner, FoldHalvingPruner) and pruner.steps_per_fold == 4 and pruner.eta == 2
+    assert isinstance(pruner.within_fold, optuna.pruners.MedianPruner)
+    for bad, message in [({"eta": 1}, "eta must be above 1"), ({"within_fold": "wilcoxon"}, "must judge epochs"),
+                         ({"within_fold": "medain"}, "medain")]:
+        with pytest.raises(ConfigError, match=message):
+            parse_spec(tiny_study(image_root, tmp_path, pruner={"type": "fold_halving", **bad}))
+
+
+def test_real_trials_stop_after_a_fold_worse_than_the_best_that_reached_it(image_root, tmp_path):
+    """eta 100: only the best of each rung goes on; the objective stores each finished fold's F1
+    and asks after every fold but the last."""
+    spec = parse_spec(tiny_study(image_root, tmp_path, cv__folds=3, budget__max_epochs=2, sampler={"type": "random"},
+                                 search__lr={"low": 1e-6, "high": 3e-2, "log": True},
+                                 pruner={"type": "fold_halving", "eta": 100, "within_fold": "none"}))
+    study = study_for(spec)
+    study.optimize(objective_for(spec), n_trials=5)
+    best_first_fold = -1.0
+    for trial in study.trials:
+        finished = trial.user_attrs[keys.FINISHED_FOLDS]
+        first = finished[0]
+        if first < best_first_fold:
+            assert trial.state == TrialState.PRUNED and len(finished) == 1
+            assert trial.user_attrs[keys.PRUNE_REASON].startswith("fold_halving pruner after fold 0")
+            assert trial.user_attrs[keys.FOLD_F1] == finished  # it trained no further
+        else:
+            assert len(finished) >= 2  # promoted past fold 0
+        best_first_fold = max(best_first_fold, first)
+    assert {t.state for t in study.trials} == {TrialState.COMPLETE, TrialState.PRUNED}
