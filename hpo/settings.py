@@ -23,6 +23,7 @@ STORAGE, ARTIFACTS, CACHE = "HPO_STORAGE", "HPO_ARTIFACTS", "HPO_CACHE"
 THREADS, LOADER_WORKERS, COMPILE_BACKEND = "HPO_THREADS", "HPO_LOADER_WORKERS", "HPO_COMPILE_BACKEND"
 SUPERVISOR = "HPO_SUPERVISOR_PID"  # set by `hpo run` for the worker processes it starts
 CUDA_DEVICES = "CUDA_VISIBLE_DEVICES"
+MLFLOW_URI, WANDB_MODE = "MLFLOW_TRACKING_URI", "WANDB_MODE"  # the trackers' own, read for their defaults
 CACHE_OFF = frozenset({"off", "none", "0", "false", "no"})
 DEFAULT_CACHE = "~/.cache/hpo"
 
@@ -37,6 +38,8 @@ class Settings:
     compile_backend: str = "inductor"    # HPO_COMPILE_BACKEND: torch.compile's backend
     supervisor_pid: int | None = None    # HPO_SUPERVISOR_PID: the `hpo run` that started this worker
     cuda_visible_devices: str | None = None
+    mlflow_tracking_uri: str | None = None  # MLFLOW_TRACKING_URI: tracking.mlflow's server when the study file names none
+    wandb_mode: str | None = None           # WANDB_MODE: tracking.wandb's mode when the study file names none
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -53,6 +56,8 @@ class Settings:
             compile_backend=text(COMPILE_BACKEND) or "inductor",
             supervisor_pid=_whole(environ, SUPERVISOR, 1),
             cuda_visible_devices=environ.get(CUDA_DEVICES),
+            mlflow_tracking_uri=text(MLFLOW_URI),
+            wandb_mode=text(WANDB_MODE),
         )
 
 

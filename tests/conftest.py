@@ -97,6 +97,14 @@ def _no_env_storage(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _no_env_trackers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's MLflow server or W&B account must not receive the tests' runs."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+@pytest.fixture(autouse=True)
 def _no_outage_seen(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts with no database error seen by this process (it pauses stale sweeps)."""
     import hpo.storage.retry

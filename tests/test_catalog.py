@@ -57,7 +57,9 @@ def test_every_sampler_samples_a_space(name):
 
 @pytest.mark.parametrize("name", sorted(registry("pruners")))
 def test_every_pruner_builds_from_its_defaults_and_judges(name):
-    pruner = registry("pruners").get(name)(10)
+    from hpo.strategy import ReportSteps
+
+    pruner = registry("pruners").get(name)(ReportSteps(folds=2, per_fold=5))
     study = optuna.create_study(pruner=pruner, direction="maximize")
     for value in (0.9, 0.1):
         trial = study.ask()

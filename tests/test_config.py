@@ -69,7 +69,7 @@ def spec_error(image_root: Path, tmp_path: Path, **changes) -> str:
         ({"search__accumulate": 0}, "search.accumulate: 0 is not an integer in [1, 1024]"),
         ({"train__compile": "fastest"}, "train.compile: 'fastest' is not a torch.compile mode; use true, false or one of"),
         ({"train__augment_on": "tpu"}, "train.augment_on: Input should be 'workers' or 'gpu'"),
-        ({"tracking__wandb": "proj"}, "tracking.wandb: unknown key; use one of: tensorboard"),
+        ({"tracking__comet": "proj"}, "tracking.comet: unknown key; use one of: mlflow, tensorboard, wandb"),
         *[({"data__normalization": bad}, "data.normalization: ") for bad in (
             "imagenet21k", {"mean": [0.5, 0.5]}, {"mean": "a", "std": [1, 1, 1]},
             {"mean": [0.5] * 3, "std": [0, 1, 1]}, {"mean": [0.5] * 3, "std": ["x", 1, 1]})],

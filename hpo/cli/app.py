@@ -56,6 +56,9 @@ StorageOpt = Annotated[str | None, typer.Option("--storage", help="Storage URL (
 TrialsOpt = Annotated[int | None, typer.Option("--n-trials", help="Total trials of the study (overrides budget.n_trials)", min=1)]
 TimeoutOpt = Annotated[str | None, typer.Option("--timeout", help="Stop starting trials after this long: 90s, 30m, 8h")]
 TensorBoardOpt = Annotated[Path | None, typer.Option("--tensorboard", help="Log every trial's curves here for TensorBoard (tracking.tensorboard)")]
+TrackerOpt = Annotated[list[str] | None, typer.Option(
+    "--tracker", metavar="NAME[:ARG=VALUE,...]",
+    help="Turn on a tracker for this run, e.g. mlflow or mlflow:tracking_uri=http://host:5000 (tracking.NAME; repeatable)")]
 
 data_app = typer.Typer(no_args_is_help=True, help="Look at the data and prepare it before a search.")
 app.add_typer(data_app, name="data")
@@ -107,10 +110,29 @@ def _seconds(timeout: str | None) -> float | None:
         raise ConfigError(f"--timeout: {e}") from None
 
 
-def _overrides(set_: list[str] | None, tensorboard: Path | None = None) -> list[str]:
+def _overrides(set_: list[str] | None, tensorboard: Path | None = None,
+               trackers: list[str] | None = None) -> list[str]:
     """--set assignments, with the options that are study-file keys added as such (so worker
     processes started by `hpo run` receive them too)."""
-    return [*(set_ or []), *([f"tracking.tensorboard={tensorboard}"] if tensorboard else [])]
+    tracking = [*([f"tracking.tensorboard={tensorboard}"] if tensorboard else []),
+                *(a for tracker in trackers or [] for a in _tracker_overrides(tracker))]
+    return [*(set_ or []), *tracking]
+
+
+def _tracker_overrides(option: str) -> list[str]:
+    """``--tracker NAME`` is ``--set tracking.NAME=true`` (on, with its defaults; the study file's
+    arguments for it are replaced); ``--tracker NAME:a=1,b=2`` is ``--set tracking.NAME.a=1
+    --set tracking.NAME.b=2``. The name and arguments are checked with the study file."""
+    from hpo.errors import ConfigError
+
+    name, _, args = (part.strip() for part in option.partition(":"))
+    pairs = [pair.partition("=") for pair in args.split(",")] if args else []
+    if not name or any(not key.strip() or not eq for key, eq, _ in pairs):
+        raise ConfigError(f"--tracker {option!r}: expected NAME or NAME:arg=value,..., e.g. --tracker mlflow"
+                          " or --tracker wandb:project=hpo,mode=offline")
+    if not pairs:
+        return [f"tracking.{name}=true"]
+    return [f"tracking.{name}.{key.strip()}={value.strip()}" for key, _, value in pairs]
 
 
 def _spec(study: str, overrides: list[str], storage: str | None):  # noqa: ANN202

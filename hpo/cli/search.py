@@ -16,6 +16,7 @@ from hpo.cli.app import (
     StudyOpt,
     TensorBoardOpt,
     TimeoutOpt,
+    TrackerOpt,
     TrialsOpt,
     _overrides,
     _seconds,
@@ -39,13 +40,14 @@ def run(
     trials_per_gpu: Annotated[int, typer.Option(help="Workers sharing each GPU", min=1)] = 1,
     live: Annotated[bool, typer.Option(help="Live progress display (off when not a terminal)")] = True,
     tensorboard: TensorBoardOpt = None,
+    tracker: TrackerOpt = None,
 ) -> None:
     """Run (or resume) a study until its total trial budget is reached."""
     from hpo.config import find_study_file, load_spec
     from hpo.workers.stopping import raise_on_sigterm
 
     raise_on_sigterm()
-    overrides = _overrides(set_, tensorboard)
+    overrides = _overrides(set_, tensorboard, tracker)
     spec = load_spec(study, overrides)  # the study file's shape is checked before torch loads
     from hpo.progress import summary_table
     from hpo.run import run_study
@@ -70,6 +72,7 @@ def worker(
     timeout: TimeoutOpt = None,
     set_: SetOpt = None,
     tensorboard: TensorBoardOpt = None,
+    tracker: TrackerOpt = None,
 ) -> None:
     """Join a study as one worker (from any machine) and run trials until its budget is reached.
 
@@ -78,7 +81,7 @@ def worker(
 
     raise_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    spec = _spec(study, _overrides(set_, tensorboard), storage)
+    spec = _spec(study, _overrides(set_, tensorboard, tracker), storage)
     from hpo.run import run_worker
     from hpo.system import limit_threads
 
