@@ -6,7 +6,7 @@ Data: scikit-learn's digits written as an image folder, a stratified fifth held 
 study (images never seen by any trial); the search is studies/digits.yaml's, only the pruner
 changes. Every study runs in this process (one worker, as `hpo run --study digits` does).
 
-    python bench/pruners.py                         # 6 pruners x 150 s, about 16 minutes on 2 CPU cores
+    python bench/pruners.py                         # 6 pruners x 150 s, about 17 minutes on 2 CPU cores
     python bench/pruners.py --seconds 300 --pruners median fold_halving
 """
 
@@ -34,11 +34,11 @@ from hpo.run import run_study
 ROOT = Path(__file__).resolve().parent.parent
 PRUNERS = {
     "none": {},
-    "median": {"n_startup_trials": 3, "n_warmup_steps": 2},
+    "median": {"n_startup_trials": 3, "n_warmup_steps": 1},
     "successive_halving": {},
     "hyperband": {},
     "wilcoxon": {"p_threshold": 0.3},  # 3 folds: 0.1 could never stop a trial before its last fold
-    "fold_halving": {"eta": 3, "within_fold_args": {"n_startup_trials": 3, "n_warmup_steps": 2}},
+    "fold_halving": {"eta": 3, "within_fold_args": {"n_startup_trials": 3, "n_warmup_steps": 1}},
 }
 
 

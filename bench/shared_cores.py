@@ -50,6 +50,7 @@ print(steps * batch / (time.perf_counter() - started))
 # The other jobs: a process per core that never sleeps, or one torch job on every core.
 NEIGHBOURS = {
     "idle": [],
+    "beside 1 busy loop": ["while True: pass"],
     "beside {n} busy loops": ["while True: pass"] * (os.cpu_count() or 1),
     "beside another torch job": ["import torch\nx = torch.randn(192, 192)\nwhile True: x @ x"],
 }
