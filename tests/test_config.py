@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
 import pytest
 from pydantic import ValidationError
 
@@ -131,3 +132,18 @@ def test_override_needs_key_and_value(tmp_path, image_root):
 )
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("name", ["digits", "mask"])
+def test_the_shipped_studies_validate_and_use_the_pruner_the_benchmark_chose(name):
+    """studies/*.yaml pass the whole validation (names included); both use fold_halving
+    (BENCHMARKS.md, "Pruners"), and the pruner they build is the fold-rung one."""
+    from hpo.pruning import FoldHalvingPruner
+
+    spec = load_spec(Path(__file__).resolve().parent.parent / "studies" / f"{name}.yaml")
+    assert spec.name == name
+    assert spec.pruner.type == "fold_halving"
+    pruner = spec.build_pruner()
+    assert isinstance(pruner, FoldHalvingPruner)
+    assert pruner.steps_per_fold == spec.budget.max_epochs
+    assert isinstance(pruner.within_fold, optuna.pruners.MedianPruner)
