@@ -25,13 +25,10 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-from PIL import Image
-from sklearn.metrics import f1_score
-from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_photos  # noqa: E402
+from common_way import fit  # noqa: E402
 
 from hpo.config import (
     parse_spec,  # noqa: E402
@@ -41,9 +38,6 @@ from hpo.data import cache  # noqa: E402
 from hpo.data.folds import iter_folds, make_fold_plan  # noqa: E402
 from hpo.data.formats import load_table  # noqa: E402
 from hpo.system import pick_device  # noqa: E402
-from hpo.train.losses import build_criterion  # noqa: E402
-from hpo.train.models import build_freeze, create_model, to_device  # noqa: E402
-from hpo.train.optim import build_optimizer, build_schedule  # noqa: E402
 
 
 def study_dict(root: Path, args: argparse.Namespace) -> dict:
@@ -69,61 +63,14 @@ def study_dict(root: Path, args: argparse.Namespace) -> dict:
     }
 
 
-class PhotoFiles(Dataset):
-    """The common way: open, decode and transform each photo every time it is drawn."""
-
-    def __init__(self, files: list[Path], labels: np.ndarray, transform: transforms.Compose) -> None:
-        self.files, self.labels, self.transform = files, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        with Image.open(self.files[i]) as image:
-            return self.transform(image.convert("RGB")), int(self.labels[i])
-
-
 def naive_objective(spec, table, plan, device: torch.device, workers: int):
-    size = spec.data.image_size
-    normalize = transforms.Normalize(spec.data.mean, spec.data.std)
-    train_tf = transforms.Compose([transforms.Resize((size, size)), transforms.RandomHorizontalFlip(),
-                                   transforms.ToTensor(), normalize])
-    val_tf = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(), normalize])
     files = list(table.files)
-
-    def subset(idx: np.ndarray, tf: transforms.Compose) -> PhotoFiles:
-        return PhotoFiles([files[i] for i in idx], table.labels[idx], tf)
 
     def objective(trial: optuna.Trial) -> float:
         cfg = trial_config(trial, spec)
-        best = []
-        for _, train_idx, val_idx in iter_folds(plan):
-            torch.manual_seed(cfg.seed)
-            model = to_device(create_model(cfg.backbone, False, table.num_classes), device)
-            optimizer = build_optimizer(cfg.optimizer.name, cfg.optimizer.args, model, cfg.lr, cfg.weight_decay)
-            loader = DataLoader(subset(train_idx, train_tf), batch_size=cfg.batch_size, shuffle=True,
-                                drop_last=True, num_workers=workers)
-            val_loader = DataLoader(subset(val_idx, val_tf), batch_size=256, num_workers=workers)
-            schedule = build_schedule(cfg.scheduler.name, cfg.scheduler.args, optimizer, len(loader), cfg.max_epochs)
-            criterion = build_criterion(cfg.loss.name, cfg.loss.args, cfg.class_weights,
-                                        np.bincount(table.labels[train_idx]), device)
-            freeze, f1s = build_freeze("none", {}), []
-            for epoch in range(cfg.max_epochs):  # every epoch, no early stopping
-                model.train()
-                freeze.apply(model, epoch)
-                for x, y in loader:
-                    loss = criterion(model(x.to(device)), y.to(device))
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    schedule.after_batch()
-                model.eval()
-                with torch.no_grad():
-                    predicted = torch.cat([model(x.to(device)).argmax(1).cpu() for x, _ in val_loader]).numpy()
-                f1s.append(f1_score(table.labels[val_idx], predicted, average="macro"))
-                schedule.after_epoch(f1s[-1])
-            best.append(max(f1s))
-        return float(np.mean(best))
+        return float(np.mean([fit(cfg, files, table.labels, train_idx, val_idx, table.num_classes,
+                                  spec.data.image_size, spec.data.mean, spec.data.std, device, workers).best_f1
+                              for _, train_idx, val_idx in iter_folds(plan)]))
 
     return objective
 

@@ -94,3 +94,18 @@ def test_hpos_epoch_loop_adds_a_few_ops_to_the_models_step(bench):
     assert figure(r"([\d.]+) more", out) <= 20
     reads = re.search(r"aten._local_scalar_dense ([\d.]+)", out)  # the loss, once an epoch of 16 steps
     assert reads is None or float(reads.group(1)) <= 1 / 16
+
+
+def test_time_to_quality_charts_both_ways_on_held_out_people(bench, tmp_path):
+    out = bench("time_to_quality", "--work", str(tmp_path / "work"), "--study-people", "40", "--held-out", "3",
+                "--trials", "2", "--epochs", "1", "--folds", "2", "--image-size", "16", "--hpo-seconds", "6")
+    naive = [float(f) for f in re.findall(r"common way: trial \d+ at \d+ s, val F1 [\d.]+, held-out ([\d.]+)", out)]
+    ours = re.findall(r"hpo: (\d+) complete at (\d+) s, ensemble .*, held-out ([\d.]+)", out)
+    assert naive and ours, out
+    assert all(0 <= f <= 1 for f in naive + [float(f) for *_, f in ours])
+    assert [int(n) for n, *_ in ours] == sorted(int(n) for n, *_ in ours)  # points in the order trials completed
+    assert figure(r"common way +([\d.]+)", out) == naive[-1]  # its submission: the last new best
+    assert figure(r"\nhpo +([\d.]+)", out) == float(ours[-1][2])
+    assert re.search(r"hpo / common way = [\d.]+|hpo did not reach the common way's", out)
+    # the last point's ensemble was really predicted: one row per held-out photo (3 people x 7)
+    assert len((tmp_path / "work" / "submission.csv").read_text().splitlines()) == 1 + 3 * 7
