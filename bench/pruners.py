@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from optuna.trial import TrialState
 from PIL import Image
 from rich.console import Console
 from sklearn.datasets import load_digits
@@ -70,7 +71,8 @@ def study_dict(pruner: str, data: Path, work: Path, seed: int) -> dict:
 def best_by_time(study) -> list[tuple[float, float]]:
     """(seconds since the first trial started, best CV F1 so far) at each complete trial."""
     start = min(t.datetime_start for t in study.trials)
-    complete = sorted((t for t in study.trials if t.value is not None), key=lambda t: t.datetime_complete)
+    # COMPLETE only: a pruned trial keeps its last report as its value, one fold's F1, not a CV one
+    complete = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.datetime_complete)
     best, curve = -1.0, []
     for t in complete:
         best = max(best, t.value)

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
+from optuna.trial import TrialState
 from rich.console import Console
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader
@@ -134,7 +135,8 @@ def hpo_way(spec, args: argparse.Namespace, held_out: Path, truth: np.ndarray, s
     states = [t.state.name for t in study.trials]
     print(f"hpo run: {len(states)} trials ({states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned)"
           f" in {time.perf_counter() - started:.0f} s", flush=True)
-    complete = sorted((t for t in study.trials if t.value is not None), key=lambda t: t.datetime_complete)
+    # COMPLETE only: a pruned trial keeps its last report as its value, one fold's F1, not a CV one
+    complete = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.datetime_complete)
     points, pool = [], None
     for n, trial in enumerate(complete):
         searched = (trial.datetime_complete - began).total_seconds()
