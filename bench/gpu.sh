@@ -2,7 +2,7 @@
 # The GPU figures of BENCHMARKS.md: the gpu-marked tests and the benchmarks, each step under its
 # own time limit, each step's output kept in LOG_DIR/<step>.log.
 #   bench/gpu.sh LOG_DIR tests throughput           # the steps to run, in order
-# Steps: tests throughput effnet heavy packing naive gap graphs pagelock pagegraphs profile gpuaug effgpu ops
+# Steps: tests throughput effnet heavy packing naive gap graphs pagelock pagegraphs profile gpuaug effgpu ops quality
 set -u
 log=${1:?LOG_DIR}; shift
 mkdir -p "$log"
@@ -47,6 +47,8 @@ for what in "$@"; do
     ops) step ops 120 python3 bench/data_path.py --image-size 224 --images 256 ;;
     # ~8 min: hpo's 12 trials (~1 min), the common way's (~4 min), then hpo again for the rest of that time.
     naive) step naive 560 python3 bench/naive_vs_hpo.py --image-size 128 --naive-workers 8 --equal-time ;;
+    # Held-out macro F1 of new people against wall time: the common way against hpo run -> ensemble -> predict.
+    quality) step quality 560 python3 bench/time_to_quality.py --image-size 128 --trials 12 --naive-workers 8 --work runs/bench-quality ;;
     *) echo "unknown step: $what"; exit 2 ;;
     esac
 done

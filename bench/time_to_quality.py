@@ -105,12 +105,14 @@ def common_way(spec, args: argparse.Namespace, held_files: list[Path], truth: np
     train_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=0.2, stratify=labels,
                                           random_state=args.seed)
     size, mean, std = spec.data.image_size, spec.data.mean, spec.data.std
-    held = DataLoader(PhotoFiles(held_files, truth, photo_transforms(size, mean, std, False)), batch_size=256)
+    held = DataLoader(PhotoFiles(held_files, truth, photo_transforms(size, mean, std, False)), batch_size=256,
+                      num_workers=args.naive_workers)
     study = optuna.create_study(direction="maximize", sampler=spec.build_sampler())
     clock, points = Clock(), []
 
     def objective(trial: optuna.Trial) -> float:
-        fitted = fit(trial_config(trial, spec), files, labels, train_idx, val_idx, CLASSES, size, mean, std, device)
+        fitted = fit(trial_config(trial, spec), files, labels, train_idx, val_idx, CLASSES, size, mean, std, device,
+                     args.naive_workers)
         searched = clock.now()
         if trial.number == 0 or fitted.best_f1 > study.best_value:  # the new submission
             began = time.perf_counter()
@@ -177,6 +179,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=48)
     parser.add_argument("--keep", type=int, default=5, help="models.keep of the user's study")
     parser.add_argument("--hpo-seconds", type=float, default=None, help="default: the common way's time")
+    parser.add_argument("--naive-workers", type=int, default=0, help="DataLoader workers of the common way")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
