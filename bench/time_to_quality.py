@@ -185,6 +185,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "hpo.db").unlink(missing_ok=True)
+    shutil.rmtree(args.work / "runs", ignore_errors=True)  # the last run's kept models
     truth = np.asarray(write_people(args.data / f"{args.study_people}-{args.held_out}", args.study_people, args.held_out))
     root = args.data / f"{args.study_people}-{args.held_out}"
     held_out = root / "held_out"
