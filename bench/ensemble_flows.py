@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from people import write_people  # noqa: E402
+from people import RECIPE, write_people  # noqa: E402
 
 from hpo.config import parse_spec  # noqa: E402
 from hpo.ensemble import build_ensemble, write_ensemble  # noqa: E402
@@ -47,17 +47,9 @@ def study_dict(root: Path, args: argparse.Namespace) -> dict:
         "output_dir": str(args.work / "runs"),
         "search": {
             "backbone": {"choices": ["resnet10t", "lcnet_050"]},
-            "pretrained": False,
-            "optimizer": "adamw",
-            "lr": {"low": 3e-4, "high": 1e-2, "log": True},
-            "weight_decay": {"low": 1e-6, "high": 1e-2, "log": True},
-            "scheduler": "cosine",
-            "loss": {"choose": {"cross_entropy": {}, "focal": {"gamma": {"low": 1.0, "high": 3.0}},
-                                "label_smoothing": {"epsilon": {"low": 0.05, "high": 0.2}}}},
-            "class_weights": {"choices": ["none", "sqrt_inverse"]},
+            **RECIPE,
             "head": {"choices": ["single", "factorized"]},
             "sampling": {"choices": ["uniform", "weighted"]},
-            "batch_size": 32,
             "augment": {"ops": {"hflip": {"enabled": True, "p": 0.5},
                                 "brightness_contrast": {"enabled": {"choices": [True, False]}, "magnitude": 0.3}}},
         },

@@ -21,6 +21,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+# The training recipe both people benchmarks search (ensemble_flows.py, time_to_quality.py): what
+# a plain train.py exposes; each adds its backbones, augmentation and any hpo-only choices.
+RECIPE = {
+    "pretrained": False,
+    "optimizer": "adamw",
+    "lr": {"low": 3e-4, "high": 1e-2, "log": True},
+    "weight_decay": {"low": 1e-6, "high": 1e-2, "log": True},
+    "scheduler": "cosine",
+    "loss": {"choose": {"cross_entropy": {}, "focal": {"gamma": {"low": 1.0, "high": 3.0}},
+                        "label_smoothing": {"epsilon": {"low": 0.05, "high": 0.2}}}},
+    "class_weights": {"choices": ["none", "sqrt_inverse"]},
+    "batch_size": 32,
+}
 PHOTOS = {"mask1": 0, "mask2": 0, "mask3": 0, "mask4": 0, "mask5": 0, "incorrect_mask": 1, "normal": 2}
 SIZE = (72, 96)
 

@@ -41,13 +41,13 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common_way import PhotoFiles, fit, photo_transforms, predict  # noqa: E402
-from people import write_people  # noqa: E402
+from people import RECIPE, write_people  # noqa: E402
 
 from hpo.config import parse_spec, trial_config  # noqa: E402
 from hpo.data.formats import load_table  # noqa: E402
 from hpo.ensemble import build_ensemble, write_ensemble  # noqa: E402
-from hpo.ensemble.selection import decide, macro_f1  # noqa: E402
-from hpo.predict import predict_folder  # noqa: E402
+from hpo.ensemble.selection import macro_f1  # noqa: E402
+from hpo.predict import find_inputs, predict_folder  # noqa: E402
 from hpo.records.artifacts import artifact_location  # noqa: E402
 from hpo.run import run_study  # noqa: E402
 from hpo.system import pick_device  # noqa: E402
@@ -70,15 +70,7 @@ def study_dict(root: Path, args: argparse.Namespace) -> dict:
         "output_dir": str(args.work / "runs"),
         "search": {
             "backbone": {"choices": ["resnet10t", "lcnet_050", "regnetx_002"]},
-            "pretrained": False,
-            "optimizer": "adamw",
-            "lr": {"low": 3e-4, "high": 1e-2, "log": True},
-            "weight_decay": {"low": 1e-6, "high": 1e-2, "log": True},
-            "scheduler": "cosine",
-            "loss": {"choose": {"cross_entropy": {}, "focal": {"gamma": {"low": 1.0, "high": 3.0}},
-                                "label_smoothing": {"epsilon": {"low": 0.05, "high": 0.2}}}},
-            "class_weights": {"choices": ["none", "sqrt_inverse"]},
-            "batch_size": 32,
+            **RECIPE,
             "augment": {"preset": "none", "ops": {"hflip": {"p": 0.5}}},
         },
     }
@@ -150,8 +142,7 @@ def hpo_way(spec, args: argparse.Namespace, held_out: Path, truth: np.ndarray, s
         ensemble = build_ensemble(study, artifact_location(spec), exclude=later, pool=args.keep)
         path = write_ensemble(ensemble, args.work / "ensemble.yaml")
         done = predict_folder(path, held_out, args.work / "submission.csv", tta=True, device=device)
-        offsets = np.asarray(ensemble.offsets) if ensemble.offsets else None
-        f1 = macro_f1(truth, decide(done.probabilities, offsets), CLASSES)
+        f1 = macro_f1(truth, done.predicted, CLASSES)  # what the submission holds, offsets applied
         points.append((searched + time.perf_counter() - scoring, f1))
         members = " ".join(f"{m.trial.trial}x{m.weight:.2f}" for m in ensemble.members)
         print(f"  hpo: {n + 1} complete at {searched:.0f} s, ensemble {members}, held-out {f1:.4f}", flush=True)
@@ -186,10 +177,10 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "hpo.db").unlink(missing_ok=True)
     shutil.rmtree(args.work / "runs", ignore_errors=True)  # the last run's kept models
-    truth = np.asarray(write_people(args.data / f"{args.study_people}-{args.held_out}", args.study_people, args.held_out))
     root = args.data / f"{args.study_people}-{args.held_out}"
+    truth = np.asarray(write_people(root, args.study_people, args.held_out))
     held_out = root / "held_out"
-    held_files = [held_out / "images" / line.split(",")[0] for line in (held_out / "info.csv").read_text().split()[1:]]
+    held_files = find_inputs(held_out).paths  # info.csv's order, as hpo predict reads it
     spec = parse_spec(study_dict(root / "study", args))
     device = pick_device()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
