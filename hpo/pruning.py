@@ -7,6 +7,11 @@ the top ``1/eta`` of every trial that finished as many folds (asynchronous succe
 ASHA, with folds as the resource: the folds are the same for every trial, so the means compare).
 Within a fold, another pruner (median by default) judges the epochs as before.
 
+A floor comes first: a trial whose finished folds score no more than ``floor`` times chance
+(1 / classes, the macro F1 of guessing by class frequency) is not promoted, even when it is the
+best of a bad start (measured: from-scratch trials that learnt nothing in a full fold trained
+their other folds for ~20 s each, BENCHMARKS.md "Time to quality"); more folds do not make it learn.
+
 The objective tells the pruner what it needs through the trial itself: each finished fold's best
 F1 in the ``keys.FINISHED_FOLDS`` user attribute, set before it asks after the fold. A trial that
 has finished more folds than the fold of its last epoch report is being asked at a fold boundary.
@@ -25,17 +30,20 @@ from hpo import keys
 class FoldHalvingPruner(optuna.pruners.BasePruner):
     """Fold rungs (promote the top ``1/eta``) over ``within_fold`` for the epochs of a fold.
 
-    ``min_trials``: below this many trials at a rung every trial is promoted (the first trials
-    of a study have no one to be compared with fairly)."""
+    ``min_trials``: below this many trials at a rung every trial above the floor is promoted
+    (the first trials of a study have no one to be compared with fairly). ``floor``: the
+    multiple of chance a trial must beat to be promoted at all (0: no floor)."""
 
     def __init__(self, steps_per_fold: int, within_fold: optuna.pruners.BasePruner | None = None,
-                 eta: float = 3.0, min_trials: int = 1) -> None:
+                 eta: float = 3.0, min_trials: int = 1, floor: float = 1.5) -> None:
         if eta <= 1:
             raise ValueError(f"eta must be above 1, got {eta}")
         if min_trials < 1:
             raise ValueError(f"min_trials must be at least 1, got {min_trials}")
+        if floor < 0:
+            raise ValueError(f"floor must be 0 or more (a multiple of chance), got {floor}")
         self.steps_per_fold, self.within_fold = steps_per_fold, within_fold
-        self.eta, self.min_trials = eta, min_trials
+        self.eta, self.min_trials, self.floor = eta, min_trials, floor
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         finished = finished_folds(trial)
@@ -48,6 +56,8 @@ class FoldHalvingPruner(optuna.pruners.BasePruner):
     def promoted(self, study: optuna.Study, trial: FrozenTrial, finished: list[float]) -> bool:
         rung = len(finished)
         score = rung_score(finished, rung)
+        if score <= self.floor * chance(study):
+            return False
         rivals = [rung_score(folds, rung) for t in study.get_trials(deepcopy=False)
                   if t.number != trial.number and t.state != TrialState.FAIL
                   and len(folds := finished_folds(t)) >= rung]
@@ -56,6 +66,13 @@ class FoldHalvingPruner(optuna.pruners.BasePruner):
             return True
         kept = max(1, math.ceil(len(scores) / self.eta))
         return score >= scores[kept - 1]
+
+
+def chance(study: optuna.Study) -> float:
+    """The macro F1 of guessing by class frequency, in expectation: 1 / classes (each class's F1
+    is its frequency). 0 for a study that does not list its classes."""
+    classes = study.user_attrs.get(keys.CLASSES)
+    return 1 / len(classes) if classes else 0.0
 
 
 def finished_folds(trial: FrozenTrial) -> list[float]:

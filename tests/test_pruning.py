@@ -37,8 +37,10 @@ def run_trial(trial: optuna.Trial, quality: float | tuple[float, ...]) -> float:
     return float(np.mean(finished))
 
 
-def run(qualities, **args) -> optuna.Study:
+def run(qualities, classes: int | None = None, **args) -> optuna.Study:
     study = optuna.create_study(direction="maximize", pruner=FoldHalvingPruner(EPOCHS, **args))
+    if classes:
+        study.set_user_attr(keys.CLASSES, [str(c) for c in range(classes)])
     for quality in qualities:
         study.optimize(lambda trial, q=quality: run_trial(trial, q), n_trials=1)
     return study
@@ -76,6 +78,19 @@ def test_below_min_trials_every_trial_is_promoted():
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
 
 
+def test_a_trial_no_better_than_chance_is_not_promoted_even_first():
+    """10 classes: chance is 0.1 and the floor 1.5 x 0.1. A trial finishing fold 0 at 0.13 (or at
+    the floor itself) stops there although min_trials would promote anything; floor 0 lets it on."""
+    study = run([0.12, 0.9, 0.14, 0.16], classes=10, eta=3, min_trials=5)
+    assert [len(t.user_attrs[keys.FINISHED_FOLDS]) for t in study.trials] == [1, 3, 1, 3]
+    assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.PRUNED,
+                                               TrialState.COMPLETE]
+    study = run([0.12, 0.9, 0.14], classes=10, eta=3, min_trials=5, floor=0)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    study = run([0.12], eta=3)  # a study that lists no classes has no floor
+    assert study.trials[0].state == TrialState.COMPLETE
+
+
 def test_within_fold_the_epoch_pruner_judges():
     """A trial bad at its first epoch is stopped there by the epoch pruner, before any fold rung."""
     inner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
@@ -90,25 +105,29 @@ def test_study_file_builds_it_and_refuses_what_cannot_work(image_root, tmp_path)
     pruner = spec.build_pruner()
     assert isinstance(pruner, FoldHalvingPruner) and pruner.steps_per_fold == 4 and pruner.eta == 2
     assert isinstance(pruner.within_fold, optuna.pruners.MedianPruner)
+    assert pruner.floor == 1.5
     for bad, message in [({"eta": 1}, "eta must be above 1"), ({"within_fold": "wilcoxon"}, "must judge epochs"),
+                         ({"floor": -1}, "floor must be 0 or more"),
                          ({"within_fold": "medain"}, "medain")]:
         with pytest.raises(ConfigError, match=message):
             parse_spec(tiny_study(image_root, tmp_path, pruner={"type": "fold_halving", **bad}))
 
 
 def test_real_trials_stop_after_a_fold_worse_than_the_best_that_reached_it(image_root, tmp_path):
-    """eta 100: only the best of each rung goes on; the objective stores each finished fold's F1
-    and asks after every fold but the last."""
+    """eta 100: only the best of each rung goes on, if above the floor (1.5 x chance); the
+    objective stores each finished fold's F1 and asks after every fold but the last."""
     spec = parse_spec(tiny_study(image_root, tmp_path, cv__folds=3, budget__max_epochs=2, sampler={"type": "random"},
                                  search__lr={"low": 1e-6, "high": 3e-2, "log": True},
                                  pruner={"type": "fold_halving", "eta": 100, "within_fold": "none"}))
     study = study_for(spec)
-    study.optimize(objective_for(spec), n_trials=5)
-    best_first_fold = -1.0
+    objective = objective_for(spec)
+    study.set_user_attr(keys.CLASSES, list(objective.table.classes))  # as hpo.study does
+    study.optimize(objective, n_trials=5)
+    best_first_fold, floor = -1.0, 1.5 / len(study.user_attrs[keys.CLASSES])
     for trial in study.trials:
         finished = trial.user_attrs[keys.FINISHED_FOLDS]
         first = finished[0]
-        if first < best_first_fold:
+        if first < best_first_fold or first <= floor:
             assert trial.state == TrialState.PRUNED and len(finished) == 1
             assert trial.user_attrs[keys.PRUNE_REASON].startswith("fold_halving pruner after fold 0")
             assert trial.user_attrs[keys.FOLD_F1] == finished  # it trained no further

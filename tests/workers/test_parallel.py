@@ -26,16 +26,18 @@ def assert_budget_exact(study: optuna.Study, budget: int) -> None:
 
 
 @pytest.mark.slow
-def test_eight_workers_finish_exactly_the_budget(image_root, tmp_path, storage_url):
-    path = worker_study(image_root, tmp_path, n_trials=16)
-    run = start("run", "--study", str(path), "--workers", "8", cwd=tmp_path, storage=storage_url)
+def test_five_workers_finish_exactly_the_budget(image_root, tmp_path, storage_url):
+    """More workers than cores racing for the last trials (8 to 32 workers on both storages:
+    bench/storage_overhead.py, BENCHMARKS.md; 5 keeps the suite's time down)."""
+    path = worker_study(image_root, tmp_path, n_trials=11)
+    run = start("run", "--study", str(path), "--workers", "5", cwd=tmp_path, storage=storage_url)
     out, err = run.communicate(timeout=400)
     assert run.returncode == 0, err[-3000:]
     study = load(name_of(path), storage_url)
-    assert_budget_exact(study, 16)
+    assert_budget_exact(study, 11)
     assert not [t for t in study.trials if t.state == TrialState.FAIL], "a trial was failed by the storage"
     assert len({t.user_attrs["worker"] for t in study.trials}) > 1  # the work was shared
-    assert "started 8 workers" in err
+    assert "started 5 workers" in err
 
 
 @pytest.mark.slow

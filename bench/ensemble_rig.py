@@ -1,0 +1,73 @@
+"""Every kept trial's out-of-fold probabilities beside what its fold models predict on the
+held-out people, in one .npz: the test bed on which a selection or an estimate of the ensemble
+(hpo.ensemble.selection) is compared with the truth, in seconds, without training anything.
+
+Run bench/ensemble_flows.py first with --keep at least its number of trials (so every complete
+trial's fold models are kept), then:
+
+    python bench/ensemble_flows.py --keep 16
+    python bench/ensemble_rig.py                       # writes runs/bench-ensemble/rig.npz
+
+The file holds ``trials`` (T,), ``oof`` (T, N, C), ``labels`` and ``folds`` (N,), ``held``
+(T, K, 2, M, C: trial, fold model, view (plain, flipped), held-out image, class) and ``truth`` (M,).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from people import write_people  # noqa: E402
+
+from hpo import keys  # noqa: E402
+from hpo.config import parse_spec  # noqa: E402
+from hpo.predict import _load_model, find_inputs, predict_probabilities  # noqa: E402
+from hpo.records.artifacts import artifact_location, open_artifact_store  # noqa: E402
+from hpo.records.models import kept  # noqa: E402
+from hpo.records.oof import read_oof  # noqa: E402
+from hpo.system import pick_device  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("runs/bench-ensemble"))
+    parser.add_argument("--data", type=Path, help="the people archive (default: WORK/people)")
+    parser.add_argument("--study", default="people")
+    args = parser.parse_args()
+    args.data = args.data or args.work / "people"
+    study = optuna.load_study(study_name=args.study, storage=f"sqlite:///{args.work / 'people.db'}")
+    spec = parse_spec(study.user_attrs[keys.SPEC])
+    store = open_artifact_store(artifact_location(spec))
+    truth = np.asarray(write_people(args.data, 0, 0))  # the held-out classes it wrote
+    paths = find_inputs(args.data / "held_out").paths
+    device = pick_device()
+    by_number = {t.number: t for t in study.trials}
+    trials, oof, held = [], [], []
+    for entry in sorted(kept(study), key=lambda k: k.trial):
+        stored = read_oof(store, by_number[entry.trial].user_attrs[keys.OOF], entry.trial)
+        views = []
+        for checkpoint in sorted(entry.checkpoints, key=lambda c: c.fold):
+            with store.open_reader(checkpoint.artifact_id) as reader:
+                loaded = _load_model(Path(checkpoint.artifact_id), device, io.BytesIO(reader.read()))
+            plain = predict_probabilities([loaded], paths, device)
+            both = predict_probabilities([loaded], paths, device, tta=True)
+            views.append([plain, 2 * both - plain])
+        trials.append(entry.trial)
+        oof.append(stored.probabilities)
+        held.append(views)
+        labels, folds = stored.labels, stored.fold
+        print(f"trial {entry.trial}: CV {entry.value:.4f}, {len(views)} fold models", flush=True)
+    out = args.work / "rig.npz"
+    np.savez_compressed(out, trials=np.asarray(trials), oof=np.asarray(oof, np.float32), labels=labels, folds=folds,
+                        held=np.asarray(held, np.float32), truth=truth)
+    print(f"{out}: {len(trials)} trials, {len(truth)} held-out images")
+
+
+if __name__ == "__main__":
+    main()
