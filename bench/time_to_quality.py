@@ -62,7 +62,8 @@ def study_dict(root: Path, args: argparse.Namespace) -> dict:
         "name": "time_to_quality",
         "seed": args.seed,
         "sampler": {"type": "tpe", "n_startup_trials": 6},
-        "pruner": {"type": "fold_halving", "eta": 3, "within_fold_args": {"n_startup_trials": 4, "n_warmup_steps": 1}},
+        "pruner": {"type": "fold_halving", "eta": 3, "floor": args.floor,
+                   "within_fold_args": {"n_startup_trials": 4, "n_warmup_steps": 1}},
         "budget": {"n_trials": 10**6, "max_epochs": args.epochs, "patience": 2},
         "data": {"format": "mask", "root": str(root), "image_size": args.image_size, "normalization": "half"},
         "cv": {"folds": args.folds, "seed": 0},
@@ -171,6 +172,7 @@ def main() -> None:
     parser.add_argument("--keep", type=int, default=5, help="models.keep of the user's study")
     parser.add_argument("--hpo-seconds", type=float, default=None, help="default: the common way's time")
     parser.add_argument("--naive-workers", type=int, default=0, help="DataLoader workers of the common way")
+    parser.add_argument("--floor", type=float, default=1.5, help="fold_halving's floor, x chance (0: none)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
