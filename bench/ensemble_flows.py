@@ -28,7 +28,7 @@ from hpo.ensemble.complete import complete_ensemble  # noqa: E402
 from hpo.ensemble.selection import decide, macro_f1  # noqa: E402
 from hpo.export import export_study  # noqa: E402
 from hpo.final import train_final  # noqa: E402
-from hpo.predict import find_inputs, load_ensemble, predict_folder, predict_probabilities  # noqa: E402
+from hpo.predict import LoadedModel, find_inputs, load_ensemble, predict_folder, predict_probabilities  # noqa: E402
 from hpo.records.artifacts import artifact_location  # noqa: E402
 from hpo.run import run_study  # noqa: E402
 from hpo.system import pick_device  # noqa: E402
@@ -60,18 +60,20 @@ def held_out_f1(probabilities: np.ndarray, truth: np.ndarray, offsets: np.ndarra
     return macro_f1(truth, decide(probabilities, offsets), 18)
 
 
+def views(loaded: LoadedModel, paths: list[Path], device) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    """One model's probabilities on the plain images and on the flipped ones (hpo predict's TTA
+    averages the two; the flipped view is recovered from that average)."""
+    plain = predict_probabilities([loaded], paths, device)
+    return plain, 2 * predict_probabilities([loaded], paths, device, tta=True) - plain
+
+
 def decompose(path: Path, held_out: Path, truth: np.ndarray, device) -> dict[str, float]:  # noqa: ANN001
     """Where the ensemble's held-out F1 comes from: its members' fold-k models alone (what the
     out-of-fold predictions and the nested estimate score), then every fold averaged, then the
     flipped views too. Each model predicts each view once; the mixes are weighted averages."""
     models, _, _ = load_ensemble(path, device)
     paths = find_inputs(held_out).paths
-    plain, flipped = [], []
-    for loaded in models:
-        one = predict_probabilities([loaded], paths, device)
-        both = predict_probabilities([loaded], paths, device, tta=True)
-        plain.append(one)
-        flipped.append(2 * both - one)
+    plain, flipped = zip(*(views(loaded, paths, device) for loaded in models), strict=True)
     weights = np.asarray([m.weight for m in models])
     folds = np.asarray([int(m.name.rsplit("fold", 1)[1]) for m in models])
 
@@ -80,9 +82,10 @@ def decompose(path: Path, held_out: Path, truth: np.ndarray, device) -> dict[str
 
     per_fold = [held_out_f1(mix(plain, folds == k), truth) for k in np.unique(folds)]
     everything = np.ones(len(models), bool)
+    averaged = mix(plain, everything)
     return {"one fold's models (mean over folds)": float(np.mean(per_fold)),
-            "every fold averaged": held_out_f1(mix(plain, everything), truth),
-            "every fold, flipped views too": held_out_f1((mix(plain, everything) + mix(flipped, everything)) / 2, truth)}
+            "every fold averaged": held_out_f1(averaged, truth),
+            "every fold, flipped views too": held_out_f1((averaged + mix(flipped, everything)) / 2, truth)}
 
 
 def main() -> None:

@@ -23,11 +23,12 @@ import numpy as np
 import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ensemble_flows import views  # noqa: E402
 from people import write_people  # noqa: E402
 
 from hpo import keys  # noqa: E402
 from hpo.config import parse_spec  # noqa: E402
-from hpo.predict import _load_model, find_inputs, predict_probabilities  # noqa: E402
+from hpo.predict import _load_model, find_inputs  # noqa: E402
 from hpo.records.artifacts import artifact_location, open_artifact_store  # noqa: E402
 from hpo.records.models import kept  # noqa: E402
 from hpo.records.oof import read_oof  # noqa: E402
@@ -51,18 +52,16 @@ def main() -> None:
     trials, oof, held = [], [], []
     for entry in sorted(kept(study), key=lambda k: k.trial):
         stored = read_oof(store, by_number[entry.trial].user_attrs[keys.OOF], entry.trial)
-        views = []
+        predicted = []
         for checkpoint in sorted(entry.checkpoints, key=lambda c: c.fold):
             with store.open_reader(checkpoint.artifact_id) as reader:
                 loaded = _load_model(Path(checkpoint.artifact_id), device, io.BytesIO(reader.read()))
-            plain = predict_probabilities([loaded], paths, device)
-            both = predict_probabilities([loaded], paths, device, tta=True)
-            views.append([plain, 2 * both - plain])
+            predicted.append(views(loaded, paths, device))
         trials.append(entry.trial)
         oof.append(stored.probabilities)
-        held.append(views)
+        held.append(predicted)
         labels, folds = stored.labels, stored.fold
-        print(f"trial {entry.trial}: CV {entry.value:.4f}, {len(views)} fold models", flush=True)
+        print(f"trial {entry.trial}: CV {entry.value:.4f}, {len(predicted)} fold models", flush=True)
     out = args.work / "rig.npz"
     np.savez_compressed(out, trials=np.asarray(trials), oof=np.asarray(oof, np.float32), labels=labels, folds=folds,
                         held=np.asarray(held, np.float32), truth=truth)
