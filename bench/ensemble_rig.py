@@ -9,7 +9,9 @@ trial's fold models are kept), then:
     python bench/ensemble_rig.py                       # writes runs/bench-ensemble/rig.npz
 
 The file holds ``trials`` (T,), ``oof`` (T, N, C), ``labels`` and ``folds`` (N,), ``held``
-(T, K, 2, M, C: trial, fold model, view (plain, flipped), held-out image, class) and ``truth`` (M,).
+(T, K, 2, M, C: trial, fold model, view (plain, flipped), held-out image, class) and ``truth`` (M,);
+with cv.holdout, ``study_held`` (T, K, 2, H, C): the same of the study's own people held out of
+every fold, as the trial stored them (their rows are ``folds`` == -1).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def main() -> None:
     paths = find_inputs(args.data / "held_out").paths
     device = pick_device()
     by_number = {t.number: t for t in study.trials}
-    trials, oof, held = [], [], []
+    trials, oof, held, study_held = [], [], [], []
     for entry in sorted(kept(study), key=lambda k: k.trial):
         stored = read_oof(store, by_number[entry.trial].user_attrs[keys.OOF], entry.trial)
         predicted = []
@@ -60,11 +62,14 @@ def main() -> None:
         trials.append(entry.trial)
         oof.append(stored.probabilities)
         held.append(predicted)
+        if stored.held_out is not None:
+            study_held.append(stored.held_out)
         labels, folds = stored.labels, stored.fold
         print(f"trial {entry.trial}: CV {entry.value:.4f}, {len(predicted)} fold models", flush=True)
     out = args.work / "rig.npz"
     np.savez_compressed(out, trials=np.asarray(trials), oof=np.asarray(oof, np.float32), labels=labels, folds=folds,
-                        held=np.asarray(held, np.float32), truth=truth)
+                        held=np.asarray(held, np.float32), truth=truth,
+                        **({"study_held": np.asarray(study_held, np.float32)} if study_held else {}))
     print(f"{out}: {len(trials)} trials, {len(truth)} held-out images")
 
 

@@ -140,7 +140,7 @@ def prepare(spec: StudySpec) -> tuple[ImageTable, np.ndarray]:
     arguments, backbones at the image sizes, pretrained weights and the artifact store checked."""
     check_environment(spec)
     table = load_table(spec.data.format, spec.data.options)
-    plan = make_fold_plan(table, spec.cv.folds, spec.cv.seed)
+    plan = make_fold_plan(table, spec.cv.folds, spec.cv.seed, spec.cv.holdout)
     check_data_choices(spec, table)
     check_components(spec)
     check_input_sizes(spec, table)

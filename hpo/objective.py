@@ -23,7 +23,7 @@ import torch
 from hpo import keys
 from hpo.config import StudySpec, trial_config
 from hpo.data.cache import decoded
-from hpo.data.folds import iter_folds, plan_digest
+from hpo.data.folds import held_out, iter_folds, plan_digest
 from hpo.data.table import ImageTable
 from hpo.errors import TrainingDiverged
 from hpo.records.artifacts import TrialReview, artifact_location, open_artifact_store, upload_review
@@ -154,6 +154,7 @@ class Objective:
         """Every fold in turn; with ``models.keep``, each finished fold's best weights are
         written to ``staging`` (into ``staged``) at once, not held in memory for the trial."""
         keep = self.spec.models.keep > 0
+        holdout = held_out(self.plan)  # each fold's best model predicts them, for the ensemble's estimate
         images = decoded(self.table, cfg.image_size, cfg.crop)
         train_labels = self.table.training_labels(cfg.label_options)
         per_fold = reports_per_fold(self.spec.pruner.type)
@@ -161,13 +162,14 @@ class Objective:
         last = self.spec.cv.folds - 1
         for fold, train_idx, val_idx in iter_folds(self.plan):
             data = FoldData(images, self.table.labels, train_idx, val_idx, self.table.num_classes,
-                            train_labels, self.table.factors)
+                            train_labels, self.table.factors, holdout)
             folds.append(FoldResult(fold))  # filled as it trains: a pruned fold keeps its epochs
             fit_fold(cfg, data, self.device, fold, self._reporter(trial, cfg.max_epochs, per_fold),
-                     keep_best_state=keep, into=folds[-1])
+                     keep_best_state=keep or len(holdout) > 0, into=folds[-1])
             if keep and folds[-1].best_state is not None:
                 staged[fold] = stage_fold(staging, trial.number, folds[-1], cfg, self.table.classes,
                                           self.table.factors)
+            folds[-1].best_state = None  # written above where kept; not held for the trial
             for tracker in self.trackers:
                 tracker.fold_ended(trial.number, folds[-1], cfg.patience)
             trial.set_user_attr(keys.FINISHED_FOLDS, [round(f.best_f1, 5) for f in folds])

@@ -113,8 +113,9 @@ def test_time_to_quality_charts_both_ways_on_held_out_people(bench, tmp_path):
 
 
 def test_ensemble_flows_and_the_rig_score_the_same_models_on_held_out_people(bench, tmp_path):
-    """The flows print the ensemble's held-out F1 and where it comes from; the rig dumps every kept
-    trial's out-of-fold and held-out probabilities, which reproduce that F1 with the ensemble's weights."""
+    """The flows print the ensemble's held-out F1, where it comes from, and its score on the study's
+    people held out of every fold (cv.holdout); the rig dumps every kept trial's out-of-fold and
+    held-out probabilities, which reproduce both F1s with the ensemble's weights."""
     import numpy as np
     import yaml
 
@@ -122,7 +123,7 @@ def test_ensemble_flows_and_the_rig_score_the_same_models_on_held_out_people(ben
 
     work = str(tmp_path / "work")
     out = bench("ensemble_flows", "--work", work, "--study-people", "12", "--held-out", "3", "--trials", "3",
-                "--epochs", "1", "--folds", "2", "--image-size", "16", "--keep", "3")
+                "--epochs", "1", "--folds", "2", "--image-size", "16", "--keep", "3", "--holdout", "0.25")
     ensemble_f1 = figure(r"\(c\) ensemble +([\d.]+)", out)
     assert figure(r"every fold, flipped views too +([\d.]+)", out) == ensemble_f1
     bench("ensemble_rig", "--work", work)
@@ -131,8 +132,13 @@ def test_ensemble_flows_and_the_rig_score_the_same_models_on_held_out_people(ben
     complete = [t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert list(rig["trials"]) == complete  # keep 3: every complete trial's fold models
     assert rig["oof"].shape == (len(complete), 12 * 7, 18) and rig["held"].shape == (len(complete), 2, 2, 3 * 7, 18)
-    assert np.allclose(rig["held"].sum(-1), 1, atol=1e-3) and set(np.unique(rig["folds"])) == {0, 1}
+    assert np.allclose(rig["held"].sum(-1), 1, atol=1e-3) and set(np.unique(rig["folds"])) == {-1, 0, 1}
+    study_rows = rig["folds"] == -1  # 3 of the 12 study people, 7 photos each
+    assert study_rows.sum() == 21 and rig["study_held"].shape == (len(complete), 2, 2, 21, 18)
     ensemble = yaml.safe_load((tmp_path / "work" / "ensemble.yaml").read_text())
     index = {int(t): i for i, t in enumerate(rig["trials"])}
     weighted = sum(m["weight"] * rig["held"][index[m["trial"]]].mean((0, 1)) for m in ensemble["members"])
     assert round(macro_f1(rig["truth"], weighted.argmax(1), 18), 4) == ensemble_f1
+    estimate = figure(r"\(c\) ensemble +[\d.]+ +[\d.]+ +([\d.]+)", out)
+    on_study = sum(m["weight"] * rig["study_held"][index[m["trial"]]].mean((0, 1)) for m in ensemble["members"])
+    assert round(macro_f1(rig["labels"][study_rows], on_study.argmax(1), 18), 4) == estimate

@@ -139,6 +139,10 @@ def ensemble(
     nested = scores["nested"]
     say(f"estimate on new data (chosen on all folds but one, scored on that one, averaged): {nested['macro_f1']:.4f};"
         f" with class offsets {nested['with_offsets']:.4f}; offsets {'used' if scores['offsets_used'] else 'not used'}")
+    if held := scores.get("held_out"):
+        say(f"on the {held['images']} images held out of every fold (cv.holdout), as submitted: macro F1"
+            f" {held['macro_f1']:.4f}, with --tta {held['macro_f1_tta']:.4f} (best single trial's fold models"
+            f" {held['best_single_tta']:.4f})")
     if missing := built.missing():
         say(f"no fold models kept for trial(s) {', '.join(str(m.trial.trial) for m in missing)}:"
             f" hpo train --config {output} trains them")

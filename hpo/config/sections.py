@@ -131,6 +131,8 @@ class DataSpec(BaseModel):
 class CVSpec(_Model):
     folds: int = Field(5, ge=2, le=50)
     seed: int = 0
+    holdout: float = Field(0.0, ge=0.0, le=0.5, description="share of the groups (people) held out of every"
+                           " fold: no model trains on them, and hpo ensemble scores its submission there")
 
 
 class WorkersSpec(_Model):

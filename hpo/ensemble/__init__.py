@@ -5,7 +5,8 @@ the study kept, and `hpo train` completes where it kept none.
 The file holds the study file, the data fingerprint and fold-plan digest, the classes, each
 member (its trial's parameters and training config, its weight, and its fold checkpoints: kept
 artifacts, or files `hpo train` wrote), the per-class offsets, and the scores: the best single
-trial's out-of-fold macro F1, the ensemble's, and the nested estimate of its F1 on new data.
+trial's out-of-fold macro F1, the ensemble's, the nested estimate of its F1 on new data and,
+with cv.holdout, its F1 on the people held out of every fold (what is submitted, scored).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from optuna.trial import TrialState
 
 from hpo import keys
 from hpo.config import read_yaml
-from hpo.ensemble.selection import Estimate, fit_offsets, macro_f1, nested_estimate, select
+from hpo.data.folds import HELD_OUT
+from hpo.ensemble.selection import Estimate, decide, fit_offsets, macro_f1, nested_estimate, select
 from hpo.errors import ConfigError, DataError
 from hpo.export import Export, ExportedTrial, exported
 from hpo.files import write_whole
@@ -110,6 +112,8 @@ class Candidates:
     labels: np.ndarray
     folds: np.ndarray
     without: list[int]  # complete trials that stored no out-of-fold predictions
+    held_out: list[np.ndarray] | None = None  # per trial (folds, 2 views, samples, classes), with cv.holdout
+    held_out_labels: np.ndarray | None = None
 
 
 def candidates(study: optuna.Study, artifacts: str, exclude: set[int] = frozenset(), pool: int | None = None) -> Candidates:
@@ -129,7 +133,7 @@ def candidates(study: optuna.Study, artifacts: str, exclude: set[int] = frozense
                           " (trials run before hpo kept them); run more trials, or use hpo export --top-k")
     store = open_artifact_store(artifacts)
     fingerprint, digest = attrs[keys.DATA_FINGERPRINT], plan_digest(np.asarray(attrs[keys.FOLD_PLAN]))
-    probabilities, labels, folds = [], None, None
+    probabilities, held, labels, folds = [], [], None, None
     for trial in with_oof:
         oof = read_oof(store, trial.user_attrs[keys.OOF], trial.number)
         if oof.fingerprint != fingerprint or oof.plan_digest != digest:
@@ -138,8 +142,27 @@ def candidates(study: optuna.Study, artifacts: str, exclude: set[int] = frozense
                             f" leave it out (--exclude {trial.number})")
         if labels is None:
             labels, folds = oof.labels, oof.fold
-        probabilities.append(oof.probabilities)
-    return Candidates(with_oof, probabilities, labels, folds, [t.number for t in complete if keys.OOF not in t.user_attrs])
+        in_folds = folds != HELD_OUT  # selection sees out-of-fold rows only; held-out ones score it
+        probabilities.append(oof.probabilities[in_folds])
+        held.append(oof.held_out)
+    without = [t.number for t in complete if keys.OOF not in t.user_attrs]
+    if any(h is None for h in held):
+        return Candidates(with_oof, probabilities, labels[in_folds], folds[in_folds], without)
+    return Candidates(with_oof, probabilities, labels[in_folds], folds[in_folds], without, held, labels[~in_folds])
+
+
+def held_out_scores(found: Candidates, weights: dict[int, float], offsets: np.ndarray | None,
+                    best: int) -> dict[str, Any]:
+    """Macro F1 on the samples held out of every fold (cv.holdout) of what is submitted: every
+    member's fold models averaged by the members' weights (and the two views, with --tta), the
+    offsets applied; beside it, the fold models of the ``best`` single trial alike. No fold model trained
+    on these samples and the selection never saw them: an unbiased estimate on new people."""
+    labels, classes = found.held_out_labels, found.held_out[0].shape[-1]
+    views = sum(w * found.held_out[m].mean(0) for m, w in weights.items())  # (2 views, samples, classes)
+    return {"images": len(labels),
+            "macro_f1": round(macro_f1(labels, decide(views[0], offsets), classes), 5),
+            "macro_f1_tta": round(macro_f1(labels, decide(views.mean(0), offsets), classes), 5),
+            "best_single_tta": round(macro_f1(labels, found.held_out[best].mean((0, 1)).argmax(1), classes), 5)}
 
 
 def build_ensemble(study: optuna.Study, artifacts: str, max_members: int = 20, init: int = 3,
@@ -172,6 +195,7 @@ def build_ensemble(study: optuna.Study, artifacts: str, max_members: int = 20, i
                        for c in stored[trial.number].checkpoints] if trial.number in stored else []
         members.append(Member(exported(trial, spec), round(weight, 6), round(singles[index], 5), checkpoints))
     members.sort(key=lambda m: -m.weight)
+    offset_values = np.round(fitted, 4) if use_offsets else None
     scores = {
         "candidates": len(found.trials), "pool": [t.number for t in found.trials], "left_out": found.without,
         "best_single": {"trial": found.trials[best].number, "oof_macro_f1": round(singles[best], 5)},
@@ -180,10 +204,12 @@ def build_ensemble(study: optuna.Study, artifacts: str, max_members: int = 20, i
                    "per_fold": [round(f, 5) for f in estimate.per_fold]},
         "offsets_used": bool(use_offsets),
     }
+    if found.held_out is not None:
+        scores["held_out"] = held_out_scores(found, chosen.weights, offset_values, best)
     attrs = study.user_attrs
     return Ensemble(study.study_name, attrs[keys.SPEC], attrs[keys.DATA_FINGERPRINT],
                     plan_digest(np.asarray(attrs[keys.FOLD_PLAN])), list(attrs[keys.CLASSES]), artifacts, members,
-                    [round(float(v), 4) for v in fitted] if use_offsets else None, scores)
+                    offset_values.tolist() if offset_values is not None else None, scores)
 
 
 def with_files(ensemble: Ensemble, trained: dict[int, list[dict[str, Any]]]) -> Ensemble:

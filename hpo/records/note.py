@@ -7,19 +7,22 @@ import optuna
 import yaml
 
 from hpo.config import StudySpec
+from hpo.data.folds import HELD_OUT
 from hpo.data.table import ImageTable
 
 
 def study_note(spec: StudySpec, table: ImageTable, plan: np.ndarray) -> str:
     counts = table.class_counts()
     fold_sizes = [int((plan == f).sum()) for f in range(spec.cv.folds)]
+    held = int((plan == HELD_OUT).sum())
+    held_text = f"; {held} images held out of every fold (cv.holdout {spec.cv.holdout})" if held else ""
     classes = "\n".join(f"| {name} | {n} |" for name, n in zip(table.classes, counts, strict=True))
     search = yaml.safe_dump(spec.raw.get("search", {}), sort_keys=False).strip()
     return f"""## {spec.name}
 
 **Data**: format `{spec.data.format}`, {len(table)} images of {len(np.unique(table.groups))} groups,
 {table.num_classes} classes (imbalance {counts.max() / max(counts.min(), 1):.1f}:1), fingerprint `{table.fingerprint()}`.
-**CV**: {spec.cv.folds} folds by group (stratified; seed {spec.cv.seed}), sizes {fold_sizes}.
+**CV**: {spec.cv.folds} folds by group (stratified; seed {spec.cv.seed}), sizes {fold_sizes}{held_text}.
 **Budget**: {spec.budget.n_trials} trials, up to {spec.budget.max_epochs} epochs per fold, patience {spec.budget.patience}.
 **Sampler** `{spec.sampler.type}`, **pruner** `{spec.pruner.type}`; value = mean over folds of each fold's best macro F1.
 

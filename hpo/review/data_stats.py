@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from hpo.data.cache import image_progress
-from hpo.data.folds import make_fold_plan
+from hpo.data.folds import HELD_OUT, make_fold_plan
 from hpo.data.formats.mask import OLD_FROM, YOUNG_BELOW
 from hpo.data.table import CORRUPT, ImageTable
 from hpo.space import candidates
@@ -110,7 +110,7 @@ class DataDescription:
 def describe_table(spec: StudySpec, table: ImageTable, progress: bool = False) -> DataDescription:
     """Everything the page shows, from one pass over the images. Files the format left out as
     corrupt are listed by name with the unreadable ones, not counted again as skipped."""
-    plan = make_fold_plan(table, spec.cv.folds, spec.cv.seed)  # first: a bad cv fails before the pass
+    plan = make_fold_plan(table, spec.cv.folds, spec.cv.seed, spec.cv.holdout)  # first: a bad cv fails before the pass
     pixels = scan_pixels(table, progress)
     pixels = replace(pixels, unreadable=[*(Unreadable(name, why) for name, why in table.corrupt), *pixels.unreadable])
     counts = table.class_counts()
@@ -172,9 +172,11 @@ def file_types(table: ImageTable) -> dict[str, int]:
 
 
 def fold_split(table: ImageTable, plan: np.ndarray) -> FoldSplit:
+    """Per-fold class and group counts; held-out samples (cv.holdout) belong to no fold."""
     folds = int(plan.max()) + 1
-    group_codes = np.unique(table.groups, return_inverse=True)[1].ravel()
-    pairs = np.unique(group_codes * folds + plan)  # each (group, fold) that occurs, once
+    in_folds = plan != HELD_OUT
+    group_codes = np.unique(table.groups, return_inverse=True)[1].ravel()[in_folds]
+    pairs = np.unique(group_codes * folds + plan[in_folds])  # each (group, fold) that occurs, once
     return FoldSplit(
         class_counts=np.stack([table.class_counts(np.flatnonzero(plan == f)) for f in range(folds)]),
         group_counts=np.bincount(pairs % folds, minlength=folds),

@@ -298,7 +298,22 @@ def fit_fold(
         epochs.close()
     if not validating and keep_best_state:
         result.best_state, result.best_epoch = _cpu_state(epochs.model), cfg.max_epochs - 1
+    if data.held_out_idx is not None and len(data.held_out_idx) and result.best_state is not None:
+        epochs.model.load_state_dict(result.best_state)
+        result.held_out_probabilities = predict_views(epochs, data.images, data.held_out_idx, cfg.batch_size)
     return result
+
+
+def predict_views(epochs: _Epochs, images: np.ndarray, indices: np.ndarray, batch_size: int) -> np.ndarray:
+    """Probabilities (2, samples, classes) of ``images[indices]`` as they are and flipped left to
+    right, the two views `hpo predict --tta` averages."""
+    size = max(256, 2 * batch_size)
+    views = []
+    for flip in (False, True):
+        batches = (torch.flip(b, dims=[2]) if flip else b for b in host_batches(images, indices, size))  # NHWC
+        logits = predict_logits(epochs.model, batches, epochs.device, epochs.mean, epochs.std, epochs.autocast)
+        views.append(logits.softmax(1).cpu().numpy())
+    return np.stack(views)
 
 
 def _score_epoch(epochs: _Epochs, data: FoldData, batch_size: int, epoch: int, result: FoldResult,

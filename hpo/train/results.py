@@ -15,6 +15,7 @@ class FoldData:
 
     ``train_labels`` (default: ``labels``) are what the model trains on, e.g. with the mask
     format's lowered age boundary; validation always scores against the true ``labels``.
+    ``held_out_idx``: samples no fold trains on (cv.holdout), predicted once by the best epoch.
     """
 
     images: np.ndarray
@@ -24,6 +25,7 @@ class FoldData:
     num_classes: int
     train_labels: np.ndarray | None = None
     factors: tuple[tuple[str, int], ...] = ()
+    held_out_idx: np.ndarray | None = None
 
     @property
     def fit_labels(self) -> np.ndarray:
@@ -63,6 +65,8 @@ class FoldResult:
     best_probabilities: np.ndarray | None = None  # and their class probabilities (float32)
     val_labels: np.ndarray | None = None
     val_index: np.ndarray | None = None  # the validation samples' indices in the data set
+    held_out_probabilities: np.ndarray | None = None  # (2, held-out samples, classes): the best
+    # epoch's probabilities of the samples no fold trains on, as they are and flipped (hpo predict --tta)
     stopped_early: int | None = None  # the epoch after which patience ran out
 
     @property

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from hpo.data.folds import iter_folds, make_fold_plan
+from hpo.data.folds import HELD_OUT, held_out, iter_folds, make_fold_plan
 from hpo.data.formats import load_table
 from hpo.errors import DataError
 
@@ -51,3 +51,29 @@ def test_one_class_or_too_few_samples_for_the_folds_is_a_data_error(image_root):
     with pytest.raises(DataError, match="cv.folds=5 but no class has 5 samples \\(largest: 4\\); lower cv.folds"):
         make_fold_plan(small, 5, seed=0)
     assert set(make_fold_plan(small, 3, seed=0).tolist()) == {0, 1, 2}
+
+
+def test_a_holdout_keeps_whole_groups_out_of_every_fold():
+    """cv.holdout: about that share of the groups, stratified, in no fold's training or validation
+    side; the folds split the rest as before; no holdout gives the plan it always gave."""
+    table = load_table("digits", {})
+    table = dataclasses.replace(table, groups=np.arange(len(table)) // 5)  # groups of 5 images
+    plain = make_fold_plan(table, 3, seed=0)
+    assert (plain >= 0).all() and np.array_equal(plain, make_fold_plan(table, 3, seed=0, holdout=0.0))
+    plan = make_fold_plan(table, 3, seed=0, holdout=0.2)
+    held = held_out(plan)
+    assert abs(len(held) / len(table) - 0.2) < 0.02
+    assert not set(table.groups[held]) & set(table.groups[plan != HELD_OUT])
+    share = table.class_counts(held) / len(held)
+    assert np.abs(share - table.class_counts() / len(table)).max() < 0.03
+    for _, train, val in iter_folds(plan):
+        assert not set(held) & (set(train) | set(val))
+        assert len(train) + len(val) + len(held) == len(table)
+    assert set(plan.tolist()) == {HELD_OUT, 0, 1, 2}
+
+
+def test_a_holdout_that_leaves_too_few_groups_is_a_data_error(image_root):
+    table = load_table("csv", {"root": str(image_root), "group_column": "group"})
+    groups = len(set(table.groups))
+    with pytest.raises(DataError, match=f"cv.holdout=0.01 needs at least 100 groups; the data has {groups}"):
+        make_fold_plan(table, 2, seed=0, holdout=0.01)

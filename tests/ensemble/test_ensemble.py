@@ -15,6 +15,7 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
+from sklearn.metrics import f1_score
 
 from hpo import keys
 from hpo.config import parse_spec
@@ -147,6 +148,48 @@ def test_ensemble_scores_and_predicts_with_the_kept_models(five, tmp_path):
     assert read_ensemble(path).members == built.members
     models, classes, _ = load_source(path, CPU)
     assert len(models) == 2 * len(built.members) and sum(m.weight for m in models) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_holdout_scores_the_ensemble_as_hpo_predict_submits_it(image_root, tmp_path):
+    """cv.holdout: every fold model of a complete trial predicts the people held out of every
+    fold (as they are and flipped); hpo ensemble scores its weighted average there, and that is
+    exactly what hpo predict --tta gives on those images with the kept models."""
+    from hpo.data.folds import HELD_OUT, held_out
+    from hpo.predict import predict_probabilities
+
+    raw = tiny_study(image_root, tmp_path, budget__n_trials=3, models={"keep": 3}, cv__holdout=0.25,
+                     search__lr={"low": 3e-3, "high": 3e-2, "log": True})
+    spec = parse_spec(raw)
+    study = run_study(spec, f"sqlite:///{tmp_path / 'held.db'}", live=False).study
+    table = load_table(spec.data.format, spec.data.options)
+    plan = np.asarray(study.user_attrs[keys.FOLD_PLAN])
+    held = held_out(plan)
+    assert len(held) == 30 and not set(table.groups[held]) & set(table.groups[plan != HELD_OUT])  # 15 of 60 pairs
+    store = open_artifact_store(artifact_location(spec))
+    for entry in kept(study):
+        trial = next(t for t in study.trials if t.number == entry.trial)
+        oof = read_oof(store, trial.user_attrs[keys.OOF], trial.number)
+        assert oof.held_out.shape == (2, 2, 30, 3) and not oof.probabilities[held].any()
+        with store.open_reader(entry.checkpoints[1].artifact_id) as reader:
+            loaded = _load_model(Path("kept.pt"), CPU, io.BytesIO(reader.read()))
+        cfg = loaded.config
+        images = torch.from_numpy(np.asarray(decoded(table, cfg.image_size, cfg.crop))[held])
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (cfg.mean, cfg.std))
+        with torch.inference_mode():
+            flipped = loaded.model(to_input(images.flip(2), CPU, mean, std)).softmax(1).numpy()
+        assert np.abs(flipped - oof.held_out[1, 1]).max() < 2e-3  # fold 1's model, flipped view
+    built = build_ensemble(study, artifact_location(spec), max_members=6, init=2, offsets=False)
+    scores = built.scores["held_out"]
+    assert scores["images"] == 30 and 0 <= scores["macro_f1"] <= 1
+    models, _, _ = load_source(write_ensemble(built, tmp_path / "ensemble.yaml"), CPU)
+    submitted = predict_probabilities(models, [table.files[i] for i in held], CPU, tta=True)
+    f1 = float(f1_score(table.labels[held], submitted.argmax(1), average="macro", labels=range(3), zero_division=0))
+    assert scores["macro_f1_tta"] == pytest.approx(f1, abs=1e-4)
+    # The selection scores out-of-fold rows only: held-out rows (zeros in the file) are not in it.
+    best = next(t for t in study.trials if t.number == built.scores["best_single"]["trial"])
+    oof, rows = read_oof(store, best.user_attrs[keys.OOF], best.number), plan != HELD_OUT
+    single = f1_score(oof.labels[rows], oof.probabilities[rows].argmax(1), average="macro", labels=range(3), zero_division=0)
+    assert built.scores["best_single"]["oof_macro_f1"] == pytest.approx(single, abs=1e-5)
 
 
 def test_a_member_without_kept_models_is_named_and_hpo_train_completes_it(five, tmp_path):
