@@ -4,7 +4,7 @@ three best averaged (hpo export --top-k 3, same), (c) the selected ensemble (hpo
 train for the members the study did not keep, hpo predict --tta), without and with its class
 offsets. Each flow's wall time after the study; for (c), the nested estimate beside the
 held-out F1 and, with --holdout (cv.holdout: that share of the study's people kept out of every
-fold), the ensemble's score on them, as `hpo ensemble` prints it. Data: bench/people.py's synthetic mask archive, people split before the study.
+fold), the ensemble's score on them and its estimate, as `hpo ensemble` prints them. Data: bench/people.py's synthetic mask archive, people split before the study.
 
     python bench/ensemble_flows.py                  # about 15 minutes on 2 CPU cores
     python bench/ensemble_flows.py --trials 24 --study-people 300 --held-out 200
@@ -124,7 +124,7 @@ def main() -> None:
         exported = export_study(study, None, top_k)
         final = train_final(exported, args.work / f"final-{top_k}", "folds", device)
         done = predict_folder(final.out, held_out, args.work / f"{name}.csv", tta=True, device=device)
-        rows.append((name, held_out_f1(done.probabilities, truth), time.perf_counter() - began, None, None))
+        rows.append((name, held_out_f1(done.probabilities, truth), time.perf_counter() - began, {}))
 
     retrained("(a) best trial retrained", 1)
     retrained("(b) top-3 retrained, averaged", 3)
@@ -137,12 +137,18 @@ def main() -> None:
     seconds = time.perf_counter() - began
     offsets = np.asarray(ensemble.offsets)
     nested = ensemble.scores["nested"]
-    plain = build_ensemble(study, artifact_location(spec), offsets=False, pool=args.pool).scores.get("held_out", {})
-    with_offsets = ensemble.scores.get("held_out", {})
-    rows.append(("(c) ensemble", held_out_f1(done.probabilities, truth), seconds, nested["macro_f1"],
-                 plain.get("macro_f1_tta")))
+    without = build_ensemble(study, artifact_location(spec), offsets=False, pool=args.pool).scores
+
+    def estimates(scores: dict, nested_f1: float) -> dict[str, float]:
+        held = scores.get("held_out", {})
+        return {"nested": nested_f1, "cv.holdout people": held.get("macro_f1_tta"),
+                "± (people)": held.get("standard_error"), "estimate": scores.get("estimate")}
+
+    rows.append(("(c) ensemble", held_out_f1(done.probabilities, truth), seconds,
+                 estimates(without, nested["macro_f1"])))
     rows.append(("(c) ensemble + class offsets", held_out_f1(done.probabilities, truth, offsets), seconds,
-                 nested["with_offsets"], with_offsets.get("macro_f1_tta")))
+                 estimates(ensemble.scores, nested["with_offsets"])))
+    plain = without.get("held_out")
     members = ", ".join(f"{m.trial.trial} x{m.weight:.2f}" for m in ensemble.members)
     retrained_members = sorted({m.trial for m in trained.models}) if trained else []
     print(f"ensemble: {members}; out-of-fold macro F1 {ensemble.scores['oof_macro_f1']:.4f} (best single"
@@ -154,13 +160,14 @@ def main() -> None:
         print(f"  {name:<34} {f1:.4f}")
     if plain:
         print(f"\ncv.holdout: {plain['images']} study images held out of every fold; the best single trial's"
-              f" fold models score {plain['best_single_tta']:.4f} there")
-    print(f"\n{'flow after the study':<32} {'held-out macro F1':>18} {'nested estimate':>16}"
-          f" {'cv.holdout estimate':>20} {'wall s':>8}")
-    for name, f1, seconds, estimate, holdout in rows:
-        print(f"{name:<32} {f1:>18.4f} {'' if estimate is None else f'{estimate:.4f}':>16}"
-              f" {'' if holdout is None else f'{holdout:.4f}':>20} {seconds:>8.1f}")
-
+              f" fold models score {plain['best_single_tta']:.4f} there; the estimate is the nested one plus what"
+              f" averaging folds and views adds there ({plain['averaging_gain']:+.4f})")
+    columns = ["nested", "cv.holdout people", "± (people)", "estimate"]
+    print(f"\n{'flow after the study':<32} {'held-out macro F1':>18}" + "".join(f" {c:>18}" for c in columns)
+          + f" {'wall s':>8}")
+    for name, f1, seconds, scored in rows:
+        cells = "".join(f" {'' if scored.get(c) is None else f'{scored[c]:.4f}':>18}" for c in columns)
+        print(f"{name:<32} {f1:>18.4f}{cells} {seconds:>8.1f}")
 
 if __name__ == "__main__":
     main()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ensemble_flows import views  # noqa: E402
@@ -30,11 +31,16 @@ from people import write_people  # noqa: E402
 
 from hpo import keys  # noqa: E402
 from hpo.config import parse_spec  # noqa: E402
+from hpo.data.folds import HELD_OUT  # noqa: E402
+from hpo.data.formats import load_table  # noqa: E402
+from hpo.ensemble.selection import macro_f1, resampled_spread  # noqa: E402
 from hpo.predict import _load_model, find_inputs  # noqa: E402
 from hpo.records.artifacts import artifact_location, open_artifact_store  # noqa: E402
 from hpo.records.models import kept  # noqa: E402
 from hpo.records.oof import read_oof  # noqa: E402
 from hpo.system import pick_device  # noqa: E402
+
+CLASSES = 18
 
 
 def main() -> None:
@@ -71,6 +77,27 @@ def main() -> None:
                         held=np.asarray(held, np.float32), truth=truth,
                         **({"study_held": np.asarray(study_held, np.float32)} if study_held else {}))
     print(f"{out}: {len(trials)} trials, {len(truth)} held-out images")
+    if study_held:
+        rows = folds == HELD_OUT
+        people = load_table(spec.data.format, spec.data.options).groups[rows]
+        compare_estimate(args.work / "ensemble.yaml", trials, np.asarray(held), np.asarray(study_held), truth,
+                         labels[rows], people)
+
+
+def compare_estimate(path: Path, trials: list[int], held: np.ndarray, study_held: np.ndarray, truth: np.ndarray,
+                     labels: np.ndarray, people: np.ndarray) -> None:
+    """The ensemble's (WORK/ensemble.yaml, without offsets) score on the study people held out of
+    every fold, with its spread over them, beside its score on the held-out people."""
+    members = yaml.safe_load(path.read_text())["members"]
+    index = {t: i for i, t in enumerate(trials)}
+
+    def submitted(probabilities: np.ndarray) -> np.ndarray:  # (T, K, 2, M, C) -> the --tta vote
+        return sum(m["weight"] * probabilities[index[m["trial"]]].mean((0, 1)) for m in members).argmax(1)
+
+    estimate = submitted(study_held)
+    print(f"cv.holdout estimate ({len(np.unique(people))} people): {macro_f1(labels, estimate, CLASSES):.4f}"
+          f" ± {resampled_spread(labels, estimate, people, CLASSES):.4f};"
+          f" on the held-out people: {macro_f1(truth, submitted(held), CLASSES):.4f}")
 
 
 if __name__ == "__main__":

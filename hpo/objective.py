@@ -139,8 +139,8 @@ class Objective:
         the trial (the ensemble then leaves the trial out, or `hpo train` rebuilds its models)."""
         try:
             trial.set_user_attr(keys.OOF, upload_oof(
-                trial, self.artifacts, folds, self.plan, self.table.labels, self.table.fingerprint(),
-                plan_digest(self.plan), self.table.num_classes))
+                trial, self.artifacts, folds, self.plan, self.table.labels, self.table.groups,
+                self.table.fingerprint(), plan_digest(self.plan), self.table.num_classes))
             keep = self.spec.models.keep
             if staged and may_enter(trial.study, value, keep):
                 entry = KeptTrial(trial.number, value, upload_fold_models(trial, self.artifacts, staged))

@@ -126,7 +126,7 @@ def test_ensemble_flows_and_the_rig_score_the_same_models_on_held_out_people(ben
                 "--epochs", "1", "--folds", "2", "--image-size", "16", "--keep", "3", "--holdout", "0.25")
     ensemble_f1 = figure(r"\(c\) ensemble +([\d.]+)", out)
     assert figure(r"every fold, flipped views too +([\d.]+)", out) == ensemble_f1
-    bench("ensemble_rig", "--work", work)
+    rig_out = bench("ensemble_rig", "--work", work)
     rig = np.load(tmp_path / "work" / "rig.npz")
     study = optuna.load_study(study_name="people", storage=f"sqlite:///{tmp_path / 'work' / 'people.db'}")
     complete = [t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -139,6 +139,11 @@ def test_ensemble_flows_and_the_rig_score_the_same_models_on_held_out_people(ben
     index = {int(t): i for i, t in enumerate(rig["trials"])}
     weighted = sum(m["weight"] * rig["held"][index[m["trial"]]].mean((0, 1)) for m in ensemble["members"])
     assert round(macro_f1(rig["truth"], weighted.argmax(1), 18), 4) == ensemble_f1
-    estimate = figure(r"\(c\) ensemble +[\d.]+ +[\d.]+ +([\d.]+)", out)
+    estimate, spread, total = (figure(r"\(c\) ensemble +[\d.]+ +[\d.]+ +" + r"[\d.]+ +" * n + r"([\d.]+)", out)
+                               for n in range(3))
+    gain = figure(r"averaging folds and views adds there \(([+-][\d.]+)\)", out)
+    assert spread > 0 and total == pytest.approx(figure(r"\(c\) ensemble +[\d.]+ +([\d.]+)", out) + gain, abs=2e-4)
     on_study = sum(m["weight"] * rig["study_held"][index[m["trial"]]].mean((0, 1)) for m in ensemble["members"])
     assert round(macro_f1(rig["labels"][study_rows], on_study.argmax(1), 18), 4) == estimate
+    assert figure(r"cv.holdout estimate \(3 people\): ([\d.]+) ± [\d.]+", rig_out) == estimate
+    assert figure(r"on the held-out people: ([\d.]+)", rig_out) == ensemble_f1

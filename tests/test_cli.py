@@ -205,6 +205,11 @@ def test_validate_reports_fold_sizes(study_file, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "tiny: valid; 120 images, 3 classes, fold sizes [60, 60]" in done.stderr
     assert not (tmp_path / "runs").exists()
+    held = hpo("validate", "--study", str(study_file), "--set", "cv.holdout=0.25", cwd=tmp_path)
+    assert "tiny: valid; 120 images, 3 classes, fold sizes [46, 44]; 30 held out of every fold (cv.holdout)" in held.stderr
+    too_much = hpo("validate", "--study", str(study_file), "--set", "cv.holdout=0.9", cwd=tmp_path)
+    assert too_much.returncode == 2 and len(too_much.stderr.strip().splitlines()) == 1
+    assert "cv.holdout" in too_much.stderr and "0.5" in too_much.stderr
 
 
 def test_pretrained_weights_missing_offline_is_a_clear_error(study_file, tmp_path):

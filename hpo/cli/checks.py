@@ -30,7 +30,9 @@ def validate(study: StudyOpt, set_: SetOpt = None) -> None:
 
     table, plan = prepare(spec)
     sizes = [int((plan == f).sum()) for f in range(spec.cv.folds)]
-    console.print(f"{spec.name}: valid; {len(table)} images, {table.num_classes} classes, fold sizes {sizes}")
+    held = len(table) - sum(sizes)
+    console.print(f"{spec.name}: valid; {len(table)} images, {table.num_classes} classes, fold sizes {sizes}"
+                  + (f"; {held} held out of every fold (cv.holdout)" if held else ""))
     if table.skipped:
         console.print(table.skipped_summary(), soft_wrap=True, highlight=False)
 

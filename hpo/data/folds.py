@@ -14,7 +14,6 @@ from sklearn.model_selection import StratifiedGroupKFold
 from hpo.data.table import ImageTable
 from hpo.errors import DataError
 
-
 HELD_OUT = -1  # the plan's mark of a sample in no fold
 
 

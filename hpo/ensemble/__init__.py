@@ -23,7 +23,15 @@ from optuna.trial import TrialState
 from hpo import keys
 from hpo.config import read_yaml
 from hpo.data.folds import HELD_OUT
-from hpo.ensemble.selection import Estimate, decide, fit_offsets, macro_f1, nested_estimate, select
+from hpo.ensemble.selection import (
+    Estimate,
+    decide,
+    fit_offsets,
+    macro_f1,
+    nested_estimate,
+    resampled_spread,
+    select,
+)
 from hpo.errors import ConfigError, DataError
 from hpo.export import Export, ExportedTrial, exported
 from hpo.files import write_whole
@@ -114,6 +122,7 @@ class Candidates:
     without: list[int]  # complete trials that stored no out-of-fold predictions
     held_out: list[np.ndarray] | None = None  # per trial (folds, 2 views, samples, classes), with cv.holdout
     held_out_labels: np.ndarray | None = None
+    held_out_groups: np.ndarray | None = None  # their people (None in records written before groups)
 
 
 def candidates(study: optuna.Study, artifacts: str, exclude: set[int] = frozenset(), pool: int | None = None) -> Candidates:
@@ -133,7 +142,7 @@ def candidates(study: optuna.Study, artifacts: str, exclude: set[int] = frozense
                           " (trials run before hpo kept them); run more trials, or use hpo export --top-k")
     store = open_artifact_store(artifacts)
     fingerprint, digest = attrs[keys.DATA_FINGERPRINT], plan_digest(np.asarray(attrs[keys.FOLD_PLAN]))
-    probabilities, held, labels, folds = [], [], None, None
+    probabilities, held, labels, folds, groups = [], [], None, None, None
     for trial in with_oof:
         oof = read_oof(store, trial.user_attrs[keys.OOF], trial.number)
         if oof.fingerprint != fingerprint or oof.plan_digest != digest:
@@ -141,14 +150,15 @@ def candidates(study: optuna.Study, artifacts: str, exclude: set[int] = frozense
                             f" study {study.study_name!r} (fingerprint {oof.fingerprint}, plan {oof.plan_digest});"
                             f" leave it out (--exclude {trial.number})")
         if labels is None:
-            labels, folds = oof.labels, oof.fold
+            labels, folds, groups = oof.labels, oof.fold, oof.groups
         in_folds = folds != HELD_OUT  # selection sees out-of-fold rows only; held-out ones score it
         probabilities.append(oof.probabilities[in_folds])
         held.append(oof.held_out)
     without = [t.number for t in complete if keys.OOF not in t.user_attrs]
     if any(h is None for h in held):
         return Candidates(with_oof, probabilities, labels[in_folds], folds[in_folds], without)
-    return Candidates(with_oof, probabilities, labels[in_folds], folds[in_folds], without, held, labels[~in_folds])
+    return Candidates(with_oof, probabilities, labels[in_folds], folds[in_folds], without, held, labels[~in_folds],
+                      groups[~in_folds] if groups is not None else None)
 
 
 def held_out_scores(found: Candidates, weights: dict[int, float], offsets: np.ndarray | None,
@@ -156,22 +166,38 @@ def held_out_scores(found: Candidates, weights: dict[int, float], offsets: np.nd
     """Macro F1 on the samples held out of every fold (cv.holdout) of what is submitted: every
     member's fold models averaged by the members' weights (and the two views, with --tta), the
     offsets applied; beside it, the fold models of the ``best`` single trial alike. No fold model trained
-    on these samples and the selection never saw them: an unbiased estimate on new people."""
+    on these samples and the selection never saw them: an unbiased estimate on new people, whose
+    standard error is the spread of the score over the held-out people resampled."""
     labels, classes = found.held_out_labels, found.held_out[0].shape[-1]
     views = sum(w * found.held_out[m].mean(0) for m, w in weights.items())  # (2 views, samples, classes)
-    return {"images": len(labels),
-            "macro_f1": round(macro_f1(labels, decide(views[0], offsets), classes), 5),
-            "macro_f1_tta": round(macro_f1(labels, decide(views.mean(0), offsets), classes), 5),
-            "best_single_tta": round(macro_f1(labels, found.held_out[best].mean((0, 1)).argmax(1), classes), 5)}
+    submitted = decide(views.mean(0), offsets)
+    f1 = macro_f1(labels, submitted, classes)
+    folds = found.held_out[0].shape[0]
+    one_fold = np.mean([macro_f1(labels, decide(sum(w * found.held_out[m][k, 0] for m, w in weights.items()), offsets),
+                                 classes) for k in range(folds)])
+    scores = {"images": len(labels),
+              "macro_f1": round(macro_f1(labels, decide(views[0], offsets), classes), 5),
+              "macro_f1_tta": round(f1, 5),
+              "best_single_tta": round(macro_f1(labels, found.held_out[best].mean((0, 1)).argmax(1), classes), 5),
+              # What averaging every fold's models and both views adds to one fold's models, which
+              # is all an out-of-fold row (and so the nested estimate) sees: a difference on the
+              # same people, far steadier than either score on a few people.
+              "averaging_gain": round(f1 - float(one_fold), 5)}
+    if found.held_out_groups is not None:
+        people = np.unique(found.held_out_groups)
+        scores["people"] = len(people)
+        scores["standard_error"] = round(resampled_spread(labels, submitted, found.held_out_groups, classes), 5)
+    return scores
 
 
 def build_ensemble(study: optuna.Study, artifacts: str, max_members: int = 20, init: int = 3,
-                   offsets: bool | None = None, exclude: set[int] = frozenset(), pool: int | None = 0) -> Ensemble:
-    """Select members, weights and (``offsets``: True, False, or None to let the nested estimate
-    decide) per-class offsets from the out-of-fold probabilities of the best ``pool`` complete
-    trials: 0 (the default) takes the study's ``models.keep``, whose fold models are kept, so
-    the ensemble needs no training (measured: a pool of weak trials too fits noise out of fold,
-    BENCHMARKS.md); None takes every trial."""
+                   offsets: bool = False, exclude: set[int] = frozenset(), pool: int | None = 0) -> Ensemble:
+    """Select members, weights and (with ``offsets``) per-class offsets from the out-of-fold
+    probabilities of the best ``pool`` complete trials: 0 (the default) takes the study's
+    ``models.keep``, whose fold models are kept, so the ensemble needs no training (measured: a
+    pool of weak trials too fits noise out of fold, BENCHMARKS.md); None takes every trial.
+    Offsets are off unless asked: fitted out of fold, they lost on new people in 4 of 5 benchmark
+    studies (BENCHMARKS.md), and the nested estimate did not tell which."""
     from hpo.config import parse_spec
     from hpo.data.folds import plan_digest
 
@@ -186,7 +212,7 @@ def build_ensemble(study: optuna.Study, artifacts: str, max_members: int = 20, i
     average = chosen.average(found.probabilities)
     fitted, with_offsets = fit_offsets(average, found.labels)
     estimate: Estimate = nested_estimate(found.probabilities, found.labels, found.folds, max_members, init)
-    use_offsets = offsets if offsets is not None else estimate.mean_with_offsets > estimate.mean
+    use_offsets = bool(offsets)
     stored = {k.trial: k for k in kept(study)}
     members = []
     for index, weight in chosen.weights.items():
@@ -201,11 +227,14 @@ def build_ensemble(study: optuna.Study, artifacts: str, max_members: int = 20, i
         "best_single": {"trial": found.trials[best].number, "oof_macro_f1": round(singles[best], 5)},
         "oof_macro_f1": round(chosen.score, 5), "oof_macro_f1_with_offsets": round(with_offsets, 5),
         "nested": {"macro_f1": round(estimate.mean, 5), "with_offsets": round(estimate.mean_with_offsets, 5),
-                   "per_fold": [round(f, 5) for f in estimate.per_fold]},
+                   "per_fold": [round(f, 5) for f in estimate.per_fold],
+                   "with_offsets_per_fold": [round(f, 5) for f in estimate.with_offsets]},
         "offsets_used": bool(use_offsets),
     }
     if found.held_out is not None:
-        scores["held_out"] = held_out_scores(found, chosen.weights, offset_values, best)
+        held = scores["held_out"] = held_out_scores(found, chosen.weights, offset_values, best)
+        nested = estimate.mean_with_offsets if use_offsets else estimate.mean
+        scores["estimate"] = round(nested + held["averaging_gain"], 5)
     attrs = study.user_attrs
     return Ensemble(study.study_name, attrs[keys.SPEC], attrs[keys.DATA_FINGERPRINT],
                     plan_digest(np.asarray(attrs[keys.FOLD_PLAN])), list(attrs[keys.CLASSES]), artifacts, members,

@@ -6,7 +6,8 @@ One compressed ``.npz`` per trial: ``probabilities`` (samples x classes, float16
 sample order; zero on held-out rows), ``labels`` and ``fold`` (each sample's true class and fold,
 ``HELD_OUT`` for the samples cv.holdout keeps from every fold), ``held_out`` (folds x 2 views x
 held-out samples x classes: each fold model's probabilities of those samples, as they are and
-flipped; empty without cv.holdout), and the data fingerprint and fold-plan digest they refer to,
+flipped; empty without cv.holdout), ``groups`` (each sample's group, as a number: people are
+what a held-out score is resampled by), and the data fingerprint and fold-plan digest they refer to,
 which the ensemble checks against the study's.
 """
 
@@ -36,6 +37,7 @@ class OutOfFold:
     fingerprint: str
     plan_digest: str
     held_out: np.ndarray | None = None  # (folds, 2, held-out samples, classes); None without cv.holdout
+    groups: np.ndarray | None = None  # (samples,): group numbers (records written before them: None)
 
 
 def gather(folds: list[FoldResult], samples: int, classes: int) -> np.ndarray:
@@ -47,7 +49,7 @@ def gather(folds: list[FoldResult], samples: int, classes: int) -> np.ndarray:
 
 
 def upload_oof(trial: optuna.Trial, store, folds: list[FoldResult], plan: np.ndarray, labels: np.ndarray,  # noqa: ANN001
-               fingerprint: str, plan_digest: str, classes: int) -> str:
+               groups: np.ndarray, fingerprint: str, plan_digest: str, classes: int) -> str:
     """Store the trial's out-of-fold probabilities (and its fold models' of the held-out
     samples); returns the artifact's id."""
     probabilities = gather(folds, len(plan), classes)
@@ -64,6 +66,7 @@ def upload_oof(trial: optuna.Trial, store, folds: list[FoldResult], plan: np.nda
         path = Path(tmp) / FILE
         np.savez_compressed(path, probabilities=probabilities.astype(np.float16), labels=labels.astype(np.int16),
                             fold=plan.astype(np.int16), held_out=held_out,
+                            groups=np.unique(groups, return_inverse=True)[1].ravel().astype(np.int32),
                             fingerprint=np.array(fingerprint), plan_digest=np.array(plan_digest))
         return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial,
                                mimetype="application/octet-stream")
@@ -77,7 +80,8 @@ def read_oof(store, artifact_id: str, trial: int) -> OutOfFold:  # noqa: ANN001
             held_out = data["held_out"].astype(np.float32) if "held_out" in data.files else None
             return OutOfFold(data["probabilities"].astype(np.float32), data["labels"].astype(np.int64),
                              data["fold"].astype(np.int64), str(data["fingerprint"]), str(data["plan_digest"]),
-                             held_out if held_out is not None and held_out.size else None)
+                             held_out if held_out is not None and held_out.size else None,
+                             data["groups"].astype(np.int64) if "groups" in data.files else None)
     except Exception as e:  # a missing file, a damaged zip, a missing key: the same fix
         raise DataError(f"trial {trial}: its out-of-fold predictions ({artifact_id}) cannot be read"
                         f" ({type(e).__name__}: {e}); check the study's artifact store (artifacts: /"

@@ -180,7 +180,12 @@ def test_a_holdout_scores_the_ensemble_as_hpo_predict_submits_it(image_root, tmp
         assert np.abs(flipped - oof.held_out[1, 1]).max() < 2e-3  # fold 1's model, flipped view
     built = build_ensemble(study, artifact_location(spec), max_members=6, init=2, offsets=False)
     scores = built.scores["held_out"]
-    assert scores["images"] == 30 and 0 <= scores["macro_f1"] <= 1
+    assert scores["images"] == 30 and scores["people"] == 15 and 0 <= scores["macro_f1"] <= 1
+    assert 0 <= scores["standard_error"] < 0.3  # 0 where every held-out image is right (test_select checks it moves)
+    # The estimate: the nested one plus what averaging folds and views adds on the held-out people.
+    assert built.scores["estimate"] == pytest.approx(built.scores["nested"]["macro_f1"] + scores["averaging_gain"],
+                                                     abs=2e-5)
+    assert not built.scores["offsets_used"] and built.offsets is None  # offsets only when asked
     models, _, _ = load_source(write_ensemble(built, tmp_path / "ensemble.yaml"), CPU)
     submitted = predict_probabilities(models, [table.files[i] for i in held], CPU, tta=True)
     f1 = float(f1_score(table.labels[held], submitted.argmax(1), average="macro", labels=range(3), zero_division=0))
@@ -190,6 +195,16 @@ def test_a_holdout_scores_the_ensemble_as_hpo_predict_submits_it(image_root, tmp
     oof, rows = read_oof(store, best.user_attrs[keys.OOF], best.number), plan != HELD_OUT
     single = f1_score(oof.labels[rows], oof.probabilities[rows].argmax(1), average="macro", labels=range(3), zero_division=0)
     assert built.scores["best_single"]["oof_macro_f1"] == pytest.approx(single, abs=1e-5)
+    from typer.testing import CliRunner
+
+    from hpo.cli import app
+
+    path = write_study(tmp_path / "held.yaml", raw)
+    done = CliRunner().invoke(app, ["ensemble", "--study", str(path), "--storage", f"sqlite:///{tmp_path / 'held.db'}",
+                                    "--max-members", "6", "--init", "2", "-o", str(tmp_path / "cli.yaml")])
+    assert done.exit_code == 0, done.output
+    assert "on the 15 people, 30 images held out of every fold (cv.holdout)" in done.stderr
+    assert f"= {built.scores['estimate']:.4f}" in done.stderr
 
 
 def test_a_member_without_kept_models_is_named_and_hpo_train_completes_it(five, tmp_path):

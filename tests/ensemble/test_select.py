@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from hpo.ensemble import selection
-from hpo.ensemble.selection import decide, fit_offsets, macro_f1, nested_estimate, select
+from hpo.ensemble.selection import decide, fit_offsets, macro_f1, nested_estimate, resampled_spread, select
 
 CLASSES = 4
 
@@ -80,3 +80,17 @@ def test_the_nested_estimate_scores_each_fold_with_what_was_chosen_without_it(kn
     estimate = nested_estimate(candidates, labels, folds, max_members=10, init=1)
     assert seen_rows == [300] * 4  # chosen on three folds' rows each time, never the scored fold's
     assert len(estimate.per_fold) == 4 and estimate.mean == 1.0
+
+
+def test_the_spread_of_a_score_resamples_whole_people():
+    """Right on every photo: no spread. One person always wrong: a spread, and a larger one when
+    that person's 7 photos move together than when each photo is its own person."""
+    labels = np.repeat(np.arange(CLASSES), 14) % CLASSES
+    people = np.arange(len(labels)) // 7
+    assert resampled_spread(labels, labels, people, CLASSES) == 0.0
+    wrong = labels.copy()
+    wrong[people == 0] = (labels[people == 0] + 1) % CLASSES
+    by_person = resampled_spread(labels, wrong, people, CLASSES)
+    by_photo = resampled_spread(labels, wrong, np.arange(len(labels)), CLASSES)
+    assert by_person > by_photo > 0
+    assert resampled_spread(labels, wrong, people, CLASSES) == by_person  # seeded
