@@ -10,6 +10,7 @@ import pytest
 from hpo.data.folds import HELD_OUT, held_out, iter_folds, make_fold_plan
 from hpo.data.formats import load_table
 from hpo.errors import DataError
+from hpo.review.data_stats import fold_split
 
 
 def test_plan_is_stable_and_seeded(image_root):
@@ -70,6 +71,8 @@ def test_a_holdout_keeps_whole_groups_out_of_every_fold():
         assert not set(held) & (set(train) | set(val))
         assert len(train) + len(val) + len(held) == len(table)
     assert set(plan.tolist()) == {HELD_OUT, 0, 1, 2}
+    split = fold_split(table, plan)  # the data page counts the folds' samples only
+    assert split.class_counts.sum() == (plan != HELD_OUT).sum() and split.groups_crossing == 0
 
 
 def test_a_holdout_that_leaves_too_few_groups_is_a_data_error(image_root):
