@@ -17,7 +17,6 @@ every fold, as the trial stored them (their rows are ``folds`` == -1).
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from hpo.config import parse_spec  # noqa: E402
 from hpo.data.folds import HELD_OUT  # noqa: E402
 from hpo.data.formats import load_table  # noqa: E402
 from hpo.ensemble.selection import macro_f1, resampled_spread  # noqa: E402
-from hpo.predict import _load_model, find_inputs  # noqa: E402
+from hpo.predict import find_inputs, load_kept_model  # noqa: E402
 from hpo.records.artifacts import artifact_location, open_artifact_store  # noqa: E402
 from hpo.records.models import kept  # noqa: E402
 from hpo.records.oof import read_oof  # noqa: E402
@@ -62,9 +61,7 @@ def main() -> None:
         stored = read_oof(store, by_number[entry.trial].user_attrs[keys.OOF], entry.trial)
         predicted = []
         for checkpoint in sorted(entry.checkpoints, key=lambda c: c.fold):
-            with store.open_reader(checkpoint.artifact_id) as reader:
-                loaded = _load_model(Path(checkpoint.artifact_id), device, io.BytesIO(reader.read()))
-            predicted.append(views(loaded, paths, device))
+            predicted.append(views(load_kept_model(store, checkpoint.artifact_id, device), paths, device))
         trials.append(entry.trial)
         oof.append(stored.probabilities)
         held.append(predicted)

@@ -101,6 +101,12 @@ def load_models(folder: Path, device: torch.device) -> tuple[list[LoadedModel], 
     return [_load_model(folder / name, device) for name in files], classes
 
 
+def load_kept_model(store, artifact_id: str, device: torch.device) -> LoadedModel:  # noqa: ANN001
+    """A fold model the study kept in its artifact store (hpo.records.models), by its id."""
+    with store.open_reader(artifact_id) as reader:
+        return _load_model(Path(artifact_id), device, io.BytesIO(reader.read()))
+
+
 def _load_model(path: Path, device: torch.device, source: Path | BinaryIO | None = None,
                 fix: str = "train again with hpo train") -> LoadedModel:
     """The model of a checkpoint (``source``: its bytes, when not read from ``path``)."""

@@ -4,7 +4,6 @@ completes what is missing. Real tiny studies on CPU."""
 
 from __future__ import annotations
 
-import io
 import shutil
 import threading
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from hpo.data.formats import load_table
 from hpo.data.prefetch import to_input
 from hpo.ensemble import build_ensemble, read_ensemble, write_ensemble
 from hpo.errors import DataError
-from hpo.predict import _load_model, load_source
+from hpo.predict import load_kept_model, load_source
 from hpo.records.artifacts import artifact_location, open_artifact_store
 from hpo.records.models import Checkpoint, KeptTrial, keep_if_best, kept
 from hpo.records.oof import read_oof
@@ -82,8 +81,7 @@ def test_stored_out_of_fold_probabilities_are_what_the_fold_models_predict(five)
         assert np.allclose(oof.probabilities.sum(1), 1, atol=1e-2) and np.array_equal(oof.fold, plan)
         for checkpoint, (fold, _, val_idx) in zip(entry.checkpoints, iter_folds(plan), strict=True):
             assert checkpoint.fold == fold
-            with store.open_reader(checkpoint.artifact_id) as reader:
-                loaded = _load_model(Path("kept.pt"), CPU, io.BytesIO(reader.read()))
+            loaded = load_kept_model(store, checkpoint.artifact_id, CPU)
             cfg = loaded.config
             images = torch.from_numpy(np.asarray(decoded(table, cfg.image_size, cfg.crop))[val_idx])
             mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (cfg.mean, cfg.std))
@@ -170,8 +168,7 @@ def test_a_holdout_scores_the_ensemble_as_hpo_predict_submits_it(image_root, tmp
         trial = next(t for t in study.trials if t.number == entry.trial)
         oof = read_oof(store, trial.user_attrs[keys.OOF], trial.number)
         assert oof.held_out.shape == (2, 2, 30, 3) and not oof.probabilities[held].any()
-        with store.open_reader(entry.checkpoints[1].artifact_id) as reader:
-            loaded = _load_model(Path("kept.pt"), CPU, io.BytesIO(reader.read()))
+        loaded = load_kept_model(store, entry.checkpoints[1].artifact_id, CPU)
         cfg = loaded.config
         images = torch.from_numpy(np.asarray(decoded(table, cfg.image_size, cfg.crop))[held])
         mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (cfg.mean, cfg.std))
