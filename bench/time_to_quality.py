@@ -63,6 +63,7 @@ def study_dict(root: Path, args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "sampler": {"type": "tpe", "n_startup_trials": 6},
         "pruner": {"type": "fold_halving", "eta": 3, "floor": args.floor,
+                   "floor_after": args.floor_after,
                    "within_fold_args": {"n_startup_trials": 4, "n_warmup_steps": 1}},
         "budget": {"n_trials": 10**6, "max_epochs": args.epochs, "patience": 2},
         "data": {"format": "mask", "root": str(root), "image_size": args.image_size, "normalization": "half"},
@@ -173,41 +174,56 @@ def main() -> None:
     parser.add_argument("--hpo-seconds", type=float, default=None, help="default: the common way's time")
     parser.add_argument("--naive-workers", type=int, default=0, help="DataLoader workers of the common way")
     parser.add_argument("--floor", type=float, default=1.5, help="fold_halving's floor, x chance (0: none)")
+    parser.add_argument("--floor-after", type=float, nargs="+", default=[0.5],
+                        help="fold_halving's floor_after (the share of the first fold after which a trial at the floor"
+                             " stops); several values: one hpo run each after the same common way, in --work/floor-after-V")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    args.work.mkdir(parents=True, exist_ok=True)
-    (args.work / "hpo.db").unlink(missing_ok=True)
-    shutil.rmtree(args.work / "runs", ignore_errors=True)  # the last run's kept models
+    variants = [argparse.Namespace(**{**vars(args), "floor_after": value, "work": work})
+                for value in args.floor_after
+                for work in [args.work if len(args.floor_after) == 1 else args.work / f"floor-after-{value:g}"]]
+    for variant in variants:
+        variant.work.mkdir(parents=True, exist_ok=True)
+        (variant.work / "hpo.db").unlink(missing_ok=True)
+        shutil.rmtree(variant.work / "runs", ignore_errors=True)  # the last run's kept models
     root = args.data / f"{args.study_people}-{args.held_out}"
     truth = np.asarray(write_people(root, args.study_people, args.held_out))
     held_out = root / "held_out"
     held_files = find_inputs(held_out).paths  # info.csv's order, as hpo predict reads it
-    spec = parse_spec(study_dict(root / "study", args))
+    specs = [parse_spec(study_dict(root / "study", variant)) for variant in variants]
     device = pick_device()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device: {name}; {args.study_people} people to search on, {args.held_out} new people held out"
           f" ({len(truth)} photos), {args.image_size} px", flush=True)
 
-    naive, naive_seconds = common_way(spec, args, held_files, truth, device)
+    naive, naive_seconds = common_way(specs[0], args, held_files, truth, device)  # the pruner is hpo's alone
     seconds = args.hpo_seconds or naive_seconds
-    shutil.rmtree(args.work / "cache", ignore_errors=True)
-    os.environ["HPO_CACHE"] = str(args.work / "cache")  # an empty cache: its build is timed too
-    ours = hpo_way(spec, args, held_out, truth, seconds, device)
+    curves = [("common way", naive)]
+    for spec, variant in zip(specs, variants, strict=True):
+        shutil.rmtree(args.work / "cache", ignore_errors=True)
+        os.environ["HPO_CACHE"] = str(args.work / "cache")  # an empty cache: its build is timed too
+        label = "hpo" if len(variants) == 1 else f"hpo (floor_after {variant.floor_after:g})"
+        if len(variants) > 1:
+            print(label, flush=True)
+        curves.append((label, hpo_way(spec, variant, held_out, truth, seconds, device)))
 
     target = naive[-1][1]
-    t_naive, t_hpo = first_reaching(naive, target), first_reaching(ours, target)
-    print(f"\n{'':<12} {'final held-out F1':>18} {'at s':>7} {'s to ' + format(target, '.4f'):>10}"
+    t_naive = first_reaching(naive, target)
+    print(f"\n{'':<24} {'final held-out F1':>18} {'at s':>7} {'s to ' + format(target, '.4f'):>10}"
           f" {'held-out F1 at 1/4 of that':>28}")
-    for label, points, reached in (("common way", naive, t_naive), ("hpo", ours, t_hpo)):
+    for label, points in curves:
+        reached = first_reaching(points, target)
         final_t, final_f1 = points[-1] if points else (float("nan"), float("nan"))
         quarter = submission_at(points, t_naive / 4)
-        print(f"{label:<12} {final_f1:>18.4f} {final_t:>7.0f} {'-' if reached is None else f'{reached:.0f}':>10}"
+        print(f"{label:<24} {final_f1:>18.4f} {final_t:>7.0f} {'-' if reached is None else f'{reached:.0f}':>10}"
               f" {quarter:>28.4f}")
-    if t_hpo is None:
-        print(f"hpo did not reach the common way's {target:.4f} on new people in {seconds:.0f} s")
-    else:
-        print(f"time to the common way's held-out F1: hpo / common way = {t_hpo / t_naive:.2f}")
+    for label, points in curves[1:]:
+        reached = first_reaching(points, target)
+        if reached is None:
+            print(f"{label} did not reach the common way's {target:.4f} on new people in {seconds:.0f} s")
+        else:
+            print(f"time to the common way's held-out F1: {label} / common way = {reached / t_naive:.2f}")
 
 
 if __name__ == "__main__":

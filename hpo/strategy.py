@@ -95,15 +95,17 @@ def wilcoxon(steps: ReportSteps, **args) -> optuna.pruners.BasePruner:
 
 @PRUNERS.register("fold_halving", fold_rungs=True)
 def fold_halving(steps: ReportSteps, *, eta: float = 3.0, min_trials: int = 1, floor: float = 1.5,
-                 within_fold: str = "median", within_fold_args: dict[str, Any] | None = None,
+                 floor_after: float = 0.5, within_fold: str = "median", within_fold_args: dict[str, Any] | None = None,
                  ) -> optuna.pruners.BasePruner:
     """Folds as a fidelity: after each fold, only the top 1/eta of the trials that reached it go on,
-    and none at or below ``floor`` times chance; within a fold, the within_fold pruner judges the
-    epochs (hpo.pruning)."""
+    and none at or below ``floor`` times chance (nor one still there after ``floor_after`` of its
+    first fold's epochs); within a fold, the within_fold pruner judges the epochs
+    (hpo.pruning)."""
     if PRUNERS.info(within_fold).get("fold_rungs") or reports_per_fold(within_fold):
         raise ValueError(f"within_fold must judge epochs (median, percentile, ...), not {within_fold}")
     inner = PRUNERS.get(within_fold, "pruner.within_fold")(steps, **(within_fold_args or {}))
-    return FoldHalvingPruner(steps.per_fold, inner, eta=eta, min_trials=min_trials, floor=floor)
+    return FoldHalvingPruner(steps.per_fold, inner, eta=eta, min_trials=min_trials, floor=floor,
+                             floor_after=floor_after)
 
 
 @PRUNERS.register("none")

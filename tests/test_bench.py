@@ -97,19 +97,25 @@ def test_hpos_epoch_loop_adds_a_few_ops_to_the_models_step(bench):
 
 
 def test_time_to_quality_charts_both_ways_on_held_out_people(bench, tmp_path):
+    """One common way, then one hpo run for each --floor-after value, each in its own folder."""
     out = bench("time_to_quality", "--work", str(tmp_path / "work"), "--study-people", "40", "--held-out", "3",
-                "--trials", "2", "--epochs", "1", "--folds", "2", "--image-size", "16", "--hpo-seconds", "6",
-                "--floor", "0")  # one epoch at 16 px learns nothing: no floor, or every trial stops after fold 0
+                "--trials", "2", "--epochs", "1", "--folds", "2", "--image-size", "16", "--hpo-seconds", "3",
+                "--floor", "0", "--floor-after", "0", "0.5")  # one epoch at 16 px learns nothing: no floor
     naive = [float(f) for f in re.findall(r"common way: trial \d+ at \d+ s, val F1 [\d.]+, held-out ([\d.]+)", out)]
-    ours = re.findall(r"hpo: (\d+) complete at (\d+) s, ensemble .*, held-out ([\d.]+)", out)
-    assert naive and ours, out
-    assert all(0 <= f <= 1 for f in naive + [float(f) for *_, f in ours])
-    assert [int(n) for n, *_ in ours] == sorted(int(n) for n, *_ in ours)  # points in the order trials completed
+    assert naive, out
     assert figure(r"common way +([\d.]+)", out) == naive[-1]  # its submission: the last new best
-    assert figure(r"\nhpo +([\d.]+)", out) == float(ours[-1][2])
-    assert re.search(r"hpo / common way = [\d.]+|hpo did not reach the common way's", out)
-    # the last point's ensemble was really predicted: one row per held-out photo (3 people x 7)
-    assert len((tmp_path / "work" / "submission.csv").read_text().splitlines()) == 1 + 3 * 7
+    parts = re.split(r"\nhpo \(floor_after ([\d.]+)\)\n", out)
+    assert parts[1::2] == ["0", "0.5"], out
+    for value, run in zip(parts[1::2], parts[2::2], strict=True):
+        ours = re.findall(r"hpo: (\d+) complete at (\d+) s, ensemble .*, held-out ([\d.]+)", run.split("\n\n")[0])
+        assert ours, out
+        assert all(0 <= float(f) <= 1 for *_, f in ours)
+        assert [int(n) for n, *_ in ours] == sorted(int(n) for n, *_ in ours)  # points in the order trials completed
+        assert figure(rf"\nhpo \(floor_after {value}\) +([\d.]+)", out) == float(ours[-1][2])
+        assert re.search(rf"hpo \(floor_after {value}\) / common way = [\d.]+|hpo \(floor_after {value}\) did not", out)
+        # the last point's ensemble was really predicted: one row per held-out photo (3 people x 7)
+        submission = tmp_path / "work" / f"floor-after-{value}" / "submission.csv"
+        assert len(submission.read_text().splitlines()) == 1 + 3 * 7
 
 
 def test_ensemble_flows_and_the_rig_score_the_same_models_on_held_out_people(bench, tmp_path):
