@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--hpo-seconds", type=float, default=None, help="default: the common way's time")
     parser.add_argument("--naive-workers", type=int, default=0, help="DataLoader workers of the common way")
     parser.add_argument("--floor", type=float, default=1.5, help="fold_halving's floor, x chance (0: none)")
-    parser.add_argument("--floor-after", type=float, nargs="+", default=[0.5],
+    parser.add_argument("--floor-after", type=float, nargs="+", default=[0.0],
                         help="fold_halving's floor_after (the share of the first fold after which a trial at the floor"
                              " stops); several values: one hpo run each after the same common way, in --work/floor-after-V")
     parser.add_argument("--seed", type=int, default=0)

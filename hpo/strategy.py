@@ -95,7 +95,7 @@ def wilcoxon(steps: ReportSteps, **args) -> optuna.pruners.BasePruner:
 
 @PRUNERS.register("fold_halving", fold_rungs=True)
 def fold_halving(steps: ReportSteps, *, eta: float = 3.0, min_trials: int = 1, floor: float = 1.5,
-                 floor_after: float = 0.5, within_fold: str = "median", within_fold_args: dict[str, Any] | None = None,
+                 floor_after: float = 0.0, within_fold: str = "median", within_fold_args: dict[str, Any] | None = None,
                  ) -> optuna.pruners.BasePruner:
     """Folds as a fidelity: after each fold, only the top 1/eta of the trials that reached it go on,
     and none at or below ``floor`` times chance (nor one still there after ``floor_after`` of its

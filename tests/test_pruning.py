@@ -108,7 +108,7 @@ def test_a_first_fold_still_at_chance_after_floor_after_of_it_stops_the_trial_th
     assert study.trials[0].state == TrialState.COMPLETE
     study = run([0.12], classes=10, eta=100, min_trials=10, floor_after=0)  # the floor at the fold's end only
     assert study.trials[0].last_step == EPOCHS - 1 and study.trials[0].user_attrs[keys.FINISHED_FOLDS]
-    assert FoldHalvingPruner(6).floor_epochs == 3 and FoldHalvingPruner(4, floor_after=0.3).floor_epochs == 2
+    assert FoldHalvingPruner(6, floor_after=0.5).floor_epochs == 3 and FoldHalvingPruner(4, floor_after=0.3).floor_epochs == 2
     with pytest.raises(ValueError, match="floor_after must be from 0 to 1"):
         FoldHalvingPruner(EPOCHS, floor_after=1.5)
 
@@ -138,7 +138,7 @@ def test_study_file_builds_it_and_refuses_what_cannot_work(image_root, tmp_path)
     pruner = spec.build_pruner()
     assert isinstance(pruner, FoldHalvingPruner) and pruner.steps_per_fold == 4 and pruner.eta == 2
     assert isinstance(pruner.within_fold, optuna.pruners.MedianPruner)
-    assert pruner.floor == 1.5 and pruner.floor_after == 0.5 and pruner.floor_epochs == 2
+    assert pruner.floor == 1.5 and pruner.floor_after == 0 and pruner.floor_epochs == 0
     for bad, message in [({"eta": 1}, "eta must be above 1"), ({"within_fold": "wilcoxon"}, "must judge epochs"),
                          ({"floor": -1}, "floor must be 0 or more"),
                          ({"floor_after": 2}, "floor_after must be from 0 to 1"),
