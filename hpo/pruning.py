@@ -15,7 +15,7 @@ With ``floor_after`` (off by default) the first rung's floor is also applied ear
 first fold is still no better than ``floor`` times chance after that share of its epochs stops
 there (measured at 0.5: from-scratch trials that went on to learn were at 2.3-4.3 x chance by then,
 those that did not below 1.3 x; the first learning trial completed 10-35 s sooner, but the
-held-out F1 at equal time was not better; BENCHMARKS.md "The floor within the first fold").
+held-out F1 at equal time was lower in two of three seeds; BENCHMARKS.md "The floor within the first fold").
 
 The objective tells the pruner what it needs through the trial itself: each finished fold's best
 F1 in the ``keys.FINISHED_FOLDS`` user attribute, set before it asks after the fold. A trial that
@@ -61,8 +61,9 @@ class FoldHalvingPruner(optuna.pruners.BasePruner):
         if trial.last_step is None:
             return False
         if len(finished) <= trial.last_step // self.steps_per_fold:  # asked after an epoch
-            return self.at_floor_early(trial, self.floor * chance(study)) or (
-                self.within_fold is not None and self.within_fold.prune(study, trial))
+            if self.floor_epochs and self.at_floor_early(trial, self.floor * chance(study)):
+                return True
+            return self.within_fold is not None and self.within_fold.prune(study, trial)
         return not self.promoted(study, trial, finished)
 
     def at_floor_early(self, trial: FrozenTrial, bar: float) -> bool:

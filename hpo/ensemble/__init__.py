@@ -151,7 +151,7 @@ def candidates(study: optuna.Study, artifacts: str, exclude: set[int] = frozense
                             f" leave it out (--exclude {trial.number})")
         if labels is None:
             labels, folds, groups = oof.labels, oof.fold, oof.groups
-        in_folds = folds != HELD_OUT  # selection sees out-of-fold rows only; held-out ones score it
+            in_folds = folds != HELD_OUT  # selection sees out-of-fold rows only; held-out ones score it
         probabilities.append(oof.probabilities[in_folds])
         held.append(oof.held_out)
     without = [t.number for t in complete if keys.OOF not in t.user_attrs]
@@ -212,7 +212,6 @@ def build_ensemble(study: optuna.Study, artifacts: str, max_members: int = 20, i
     average = chosen.average(found.probabilities)
     fitted, with_offsets = fit_offsets(average, found.labels)
     estimate: Estimate = nested_estimate(found.probabilities, found.labels, found.folds, max_members, init)
-    use_offsets = bool(offsets)
     stored = {k.trial: k for k in kept(study)}
     members = []
     for index, weight in chosen.weights.items():
@@ -221,7 +220,7 @@ def build_ensemble(study: optuna.Study, artifacts: str, max_members: int = 20, i
                        for c in stored[trial.number].checkpoints] if trial.number in stored else []
         members.append(Member(exported(trial, spec), round(weight, 6), round(singles[index], 5), checkpoints))
     members.sort(key=lambda m: -m.weight)
-    offset_values = np.round(fitted, 4) if use_offsets else None
+    offset_values = np.round(fitted, 4) if offsets else None
     scores = {
         "candidates": len(found.trials), "pool": [t.number for t in found.trials], "left_out": found.without,
         "best_single": {"trial": found.trials[best].number, "oof_macro_f1": round(singles[best], 5)},
@@ -229,11 +228,11 @@ def build_ensemble(study: optuna.Study, artifacts: str, max_members: int = 20, i
         "nested": {"macro_f1": round(estimate.mean, 5), "with_offsets": round(estimate.mean_with_offsets, 5),
                    "per_fold": [round(f, 5) for f in estimate.per_fold],
                    "with_offsets_per_fold": [round(f, 5) for f in estimate.with_offsets]},
-        "offsets_used": bool(use_offsets),
+        "offsets_used": bool(offsets),
     }
     if found.held_out is not None:
         held = scores["held_out"] = held_out_scores(found, chosen.weights, offset_values, best)
-        nested = estimate.mean_with_offsets if use_offsets else estimate.mean
+        nested = estimate.mean_with_offsets if offsets else estimate.mean
         scores["estimate"] = round(nested + held["averaging_gain"], 5)
     attrs = study.user_attrs
     return Ensemble(study.study_name, attrs[keys.SPEC], attrs[keys.DATA_FINGERPRINT],
