@@ -19,6 +19,7 @@ first reaches the common way's final held-out F1, and their ratio.
 
     python bench/time_to_quality.py                      # about 25 minutes on 2 CPU cores
     python bench/time_to_quality.py --trials 16 --study-people 300 --image-size 64 --hpo-seconds 600
+    python bench/time_to_quality.py --image-size 64 --floor-after 0 0.5   # one common way, then an hpo run each
 """
 
 from __future__ import annotations
